@@ -1,0 +1,53 @@
+# Thin wrappers; the work is in orderflow_ingest/ and scripts/.
+PYTHON_SYSTEM ?= /usr/bin/python3
+VENV ?= .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed
+
+.PHONY: demo test lint bench reliability system-deps venv clean ansible-test
+
+demo: system-deps $(STAMP)
+	$(PY) -m orderflow_ingest.devstack.demo
+
+test: system-deps $(STAMP)
+	$(VENV)/bin/pytest -q $(PYTEST_ARGS)
+
+lint: $(STAMP)
+	$(VENV)/bin/ruff check orderflow_ingest tests bench
+	$(VENV)/bin/ruff format --check orderflow_ingest tests bench
+	$(VENV)/bin/mypy
+
+bench: system-deps $(STAMP)
+	$(PY) bench/ingest_throughput.py
+	$(PY) bench/extract_memory.py
+	$(PY) bench/milter_throughput.py
+
+reliability: system-deps $(STAMP)
+	$(VENV)/bin/pytest -q -m reliability tests/reliability
+
+system-deps:
+	scripts/install-system-deps
+
+# The Ansible role's lint and a real apply of it to this machine (root, Debian 12; changes
+# /etc/postfix, /opt, users): tests/test_ansible_*.py. Ansible gets its own venv, its pins
+# stay out of the project's.
+ANSIBLE_VENV ?= .venv-ansible
+ansible-test: system-deps $(STAMP)
+	test -x $(ANSIBLE_VENV)/bin/python || $(PYTHON_SYSTEM) -m venv $(ANSIBLE_VENV)
+	$(ANSIBLE_VENV)/bin/python -m pip install -q -r ansible/requirements-dev.txt
+	TEST_ANSIBLE_APPLY=1 ANSIBLE_TOOLS_BIN=$(CURDIR)/$(ANSIBLE_VENV)/bin \
+		$(VENV)/bin/pytest -q tests/test_ansible_role.py tests/test_ansible_apply.py
+
+venv: $(STAMP)
+
+# The virtualenv comes from the system Python and lives in the checkout: pipe(8) runs
+# `deliver` as an unprivileged user, so it must be world-readable and byte-compiled.
+$(STAMP): pyproject.toml
+	test -x $(PY) || $(PYTHON_SYSTEM) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q -e '.[dev]'
+	$(PY) -m compileall -q orderflow_ingest
+	touch $(STAMP)
+
+clean:
+	rm -rf $(VENV) $(ANSIBLE_VENV) .devstack .pytest_cache .mypy_cache .ruff_cache
