@@ -1,0 +1,1 @@
+"""orderflow-ingest: purchase orders by email, from Postfix to documents."""

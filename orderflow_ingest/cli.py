@@ -1,0 +1,171 @@
+"""The `orderflow-ingest` command line: every long-running part, the database and the orgs.
+
+`deliver` is not here: pipe(8) runs it once per message, so entry.py sends it to the
+stdlib-only pipe client before typer is imported.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from typing import Annotated, Any
+
+import typer
+
+from orderflow_ingest.cli_support import ConfigOption, JsonOption, fail, settings_or_exit
+
+app = typer.Typer(
+    help="orderflow-ingest: purchase orders by email, from Postfix to documents.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+db_app = typer.Typer(help="Database schema.", no_args_is_help=True)
+org_app = typer.Typer(help="Orgs: who may receive orders at orders+<slug>@<domain>.")
+app.add_typer(db_app, name="db")
+app.add_typer(org_app, name="org", no_args_is_help=True)
+
+
+def emit(data: Any, as_json: bool, text: str) -> None:
+    if as_json:
+        typer.echo(json.dumps(data, default=str, indent=2))
+    else:
+        typer.echo(text)
+
+
+@db_app.command("migrate")
+def db_migrate(config: ConfigOption = None) -> None:
+    """Apply pending migrations from sql/ (safe to re-run; serialised across hosts).
+
+    Example: orderflow-ingest db migrate --config /etc/orderflow/ingest.env
+    """
+    from orderflow_ingest.db import migrate
+
+    applied = migrate(settings_or_exit(config))
+    typer.echo("applied: " + ", ".join(applied) if applied else "schema is up to date")
+
+
+def _org_text(org: dict[str, Any]) -> str:
+    return f"{org['slug']}\t{org['status']}\t{org['id']}\t{org['name']}"
+
+
+@org_app.command("add")
+def org_add(
+    slug: str,
+    name: Annotated[str | None, typer.Option(help="Display name (default: the slug).")] = None,
+    config: ConfigOption = None,
+    as_json: JsonOption = False,
+) -> None:
+    """Create an org; mail to orders+SLUG@<domain> is accepted from then on.
+
+    Example: orderflow-ingest org add acme --name "Acme GmbH"
+    """
+    from orderflow_ingest.addressing import SLUG_PATTERN
+    from orderflow_ingest.db import connect
+    from orderflow_ingest.orgs import add_org, org_by_slug
+
+    slug = slug.lower()
+    if not SLUG_PATTERN.fullmatch(slug):
+        fail(f"slug {slug!r} must be lower-case letters, digits and inner hyphens (max 63)", 2)
+    settings = settings_or_exit(config)
+    with connect(settings.database_url) as conn:
+        if org_by_slug(conn, slug):
+            fail(f"org {slug} already exists", 1)
+        org = add_org(conn, slug, name or slug)
+    emit(org, as_json, _org_text(org))
+
+
+@org_app.command("list")
+def org_list(config: ConfigOption = None, as_json: JsonOption = False) -> None:
+    """List orgs: slug, status, id, name.
+
+    Example: orderflow-ingest org list --json
+    """
+    from orderflow_ingest.db import connect
+    from orderflow_ingest.orgs import list_orgs
+
+    with connect(settings_or_exit(config).database_url) as conn:
+        orgs = list_orgs(conn)
+    emit(orgs, as_json, "\n".join(_org_text(org) for org in orgs) or "no orgs")
+
+
+def _set_status(slug: str, status: str, config: str | None, as_json: bool) -> None:
+    from orderflow_ingest.db import connect
+    from orderflow_ingest.orgs import set_org_status
+
+    with connect(settings_or_exit(config).database_url) as conn:
+        org = set_org_status(conn, slug.lower(), status)
+    if org is None:
+        fail(f"no org {slug}")
+    emit(org, as_json, _org_text(org))
+
+
+@org_app.command("disable")
+def org_disable(slug: str, config: ConfigOption = None, as_json: JsonOption = False) -> None:
+    """Stop accepting mail for an org (550 at RCPT; its messages are kept).
+
+    Example: orderflow-ingest org disable acme
+    """
+    _set_status(slug, "disabled", config, as_json)
+
+
+@org_app.command("enable")
+def org_enable(slug: str, config: ConfigOption = None, as_json: JsonOption = False) -> None:
+    """Accept mail for a disabled org again.
+
+    Example: orderflow-ingest org enable acme
+    """
+    _set_status(slug, "active", config, as_json)
+
+
+@org_app.command("show")
+def org_show(slug: str, config: ConfigOption = None, as_json: JsonOption = False) -> None:
+    """An org with message counts per status, document count and last received time.
+
+    Example: orderflow-ingest org show acme
+    """
+    from orderflow_ingest.db import connect
+    from orderflow_ingest.orgs import org_summary
+
+    with connect(settings_or_exit(config).database_url) as conn:
+        org = org_summary(conn, slug.lower())
+    if org is None:
+        fail(f"no org {slug}")
+    text = "\n".join(f"{key}: {value}" for key, value in org.items())
+    emit(org, as_json, text)
+
+
+@app.command("deliver-service")
+def deliver_service(config: ConfigOption = None) -> None:
+    """Run the delivery service that `deliver` (pipe(8)) hands each message to.
+
+    Holds pooled PostgreSQL, Redis and S3 clients so the per-message process stays tiny.
+    Example: orderflow-ingest deliver-service --config /etc/orderflow/ingest.env
+    """
+    from orderflow_ingest.pipe.service import serve
+
+    sys.exit(serve(settings_or_exit(config)))
+
+
+# The jobs package's commands (orderflow_ingest/jobs/command.py): the RQ worker, and inspect.
+from orderflow_ingest.jobs.command import inspect as _inspect_command  # noqa: E402
+from orderflow_ingest.jobs.command import worker as _worker_command  # noqa: E402
+
+app.command("worker")(_worker_command)
+app.command("inspect")(_inspect_command)
+
+# The milter daemon (orderflow_ingest/milter/command.py).
+from orderflow_ingest.milter.command import milter as _milter_command  # noqa: E402
+
+app.command("milter")(_milter_command)
+
+# Operator commands (orderflow_ingest/ops/commands.py): reprocess, sweep, show/trace, raw,
+# queue, doctor, exporter.
+from orderflow_ingest.ops.commands import register as _register_ops  # noqa: E402
+
+_register_ops(app)
+
+# The local stack (orderflow_ingest/devstack/command.py): dev up | down | env.
+from orderflow_ingest.devstack.command import dev_app  # noqa: E402
+
+app.add_typer(dev_app, name="dev")

@@ -1,0 +1,130 @@
+"""PostgreSQL access: connections, the pool long-running services share, and migrations.
+
+Queries live with the entity they serve (orgs, messages, documents); this module only knows
+how to reach the database and how to bring its schema up to date.
+"""
+
+from __future__ import annotations
+
+import re
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+import psycopg
+from psycopg import sql
+from psycopg.conninfo import conninfo_to_dict
+from psycopg.rows import dict_row
+from psycopg_pool import ConnectionPool
+
+from orderflow_ingest.settings import Settings
+
+Conn = psycopg.Connection[dict[str, Any]]
+Pool = ConnectionPool[Conn]
+MIGRATION_NAME = re.compile(r"^(\d{3})_[a-z0-9_]+\.sql$")
+RUNTIME_TABLE_RIGHTS = "SELECT, INSERT, UPDATE"
+
+
+def connect(url: str, timeout: float = 10) -> Conn:
+    """One connection; the statement timeout keeps a stuck query from holding a delivery."""
+    return psycopg.connect(
+        url,
+        connect_timeout=max(1, int(timeout)),
+        options=f"-c statement_timeout={int(timeout * 1000)}",
+        row_factory=dict_row,
+    )
+
+
+def make_pool(settings: Settings, max_size: int, name: str) -> Pool:
+    """A pool for long-running services.
+
+    Connections are not checked on every checkout (that costs a round trip per message);
+    a connection broken by a PostgreSQL restart is discarded when it fails, and callers
+    retry once with a fresh one (`with_retry_on_broken_connection`).
+    """
+    timeout = settings.backend_timeout
+    return ConnectionPool(
+        settings.database_url,
+        connection_class=Conn,
+        min_size=1,
+        max_size=max_size,
+        name=name,
+        timeout=timeout,
+        open=False,
+        reconnect_timeout=0,
+        kwargs={
+            "connect_timeout": max(1, int(timeout)),
+            "options": f"-c statement_timeout={int(timeout * 1000)}",
+            "row_factory": dict_row,
+            "autocommit": False,
+        },
+    )
+
+
+def migrations_dir() -> Path:
+    """sql/ of a checkout, or the copy packaged inside an installed wheel."""
+    checkout = Path(__file__).resolve().parent.parent / "sql"
+    if checkout.is_dir():
+        return checkout
+    return Path(str(resources.files("orderflow_ingest") / "sql"))
+
+
+def pending_migrations(conn: Conn) -> list[Path]:
+    applied = {row["version"] for row in conn.execute("SELECT version FROM schema_migration")}
+    return [path for path in sorted(migrations_dir().glob("*.sql")) if path.name not in applied]
+
+
+def migrate(settings: Settings) -> list[str]:
+    """Apply every pending migration, each in its own transaction, then grant runtime rights.
+
+    Serialised by an advisory lock, so two hosts deploying at once do not race.
+    """
+    applied: list[str] = []
+    with connect(settings.migrate_url, timeout=60) as conn:
+        conn.execute("SELECT pg_advisory_lock(hashtext('orderflow-ingest migrate'))")
+        conn.execute(
+            "CREATE TABLE IF NOT EXISTS schema_migration ("
+            " version text PRIMARY KEY, applied_at timestamptz NOT NULL DEFAULT now())"
+        )
+        conn.commit()
+        for path in pending_migrations(conn):
+            if not MIGRATION_NAME.match(path.name):
+                raise RuntimeError(f"migration file name {path.name} is not NNN_name.sql")
+            with conn.transaction():
+                conn.execute(path.read_text(encoding="utf-8"))
+                conn.execute("INSERT INTO schema_migration (version) VALUES (%s)", (path.name,))
+            applied.append(path.name)
+        grant_runtime_rights(conn, settings)
+        conn.commit()
+    return applied
+
+
+def grant_runtime_rights(conn: Conn, settings: Settings) -> None:
+    """The runtime role may read and write rows, never change the schema or delete history."""
+    runtime_user = conninfo_to_dict(settings.database_url).get("user")
+    owner_user = conninfo_to_dict(settings.migrate_url).get("user")
+    if not runtime_user or runtime_user == owner_user:
+        return
+    role = sql.Identifier(str(runtime_user))
+    conn.execute(sql.SQL("GRANT USAGE ON SCHEMA public TO {}").format(role))
+    conn.execute(
+        sql.SQL("GRANT " + RUNTIME_TABLE_RIGHTS + " ON ALL TABLES IN SCHEMA public TO {}").format(
+            role
+        )
+    )
+    conn.execute(sql.SQL("GRANT USAGE ON ALL SEQUENCES IN SCHEMA public TO {}").format(role))
+
+
+def schema_is_current(conn: Conn) -> bool:
+    try:
+        return not pending_migrations(conn)
+    except psycopg.errors.UndefinedTable:
+        conn.rollback()
+        return False
+
+
+def is_broken_connection(error: BaseException) -> bool:
+    """A connection that died under us (server restart): worth one retry on a fresh one."""
+    return isinstance(error, psycopg.OperationalError) and not isinstance(
+        error, psycopg.errors.QueryCanceled
+    )

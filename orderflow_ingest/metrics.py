@@ -1,0 +1,153 @@
+"""Recording metrics from processes that live for one message or one job.
+
+prometheus_client's multiprocess mode leaves a file per pid forever, so instead every process
+adds its counts to a small in-memory buffer that is flushed to one Redis hash (by a background
+thread in long-running processes, explicitly at the end of an RQ job). The exporter
+(`orderflow-ingest exporter`) is the only reader. Recording never raises and never waits on
+Redis: metrics must not be able to fail or slow a delivery.
+"""
+
+from __future__ import annotations
+
+import json
+import threading
+import time
+from collections import defaultdict
+from collections.abc import Iterator
+from contextlib import contextmanager
+from functools import lru_cache
+from typing import Any
+
+REDIS_KEY = "orderflow:metrics"
+
+# Histograms: name -> bucket upper bounds. The one place their buckets are defined.
+HISTOGRAMS: dict[str, tuple[float, ...]] = {
+    "smtp_attachment_extraction_duration_ms": (
+        10,
+        25,
+        50,
+        100,
+        250,
+        500,
+        1000,
+        2500,
+        5000,
+        10000,
+        30000,
+        60000,
+    ),
+    "orderflow_s3_put_seconds": (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10),
+    "orderflow_db_seconds": (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 5),
+    "orderflow_delivery_seconds": (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30),
+}
+
+_lock = threading.Lock()
+_pending: dict[str, float] = defaultdict(float)
+_redis: Any = None
+_flusher: threading.Thread | None = None
+_stop = threading.Event()
+MAX_PENDING_FIELDS = 10_000
+
+
+def field_name(name: str, labels: dict[str, Any]) -> str:
+    """The hash field of one series: JSON [name, {label: value}] with sorted labels."""
+    return _field_name(name, tuple(sorted((key, str(value)) for key, value in labels.items())))
+
+
+@lru_cache(maxsize=4096)
+def _field_name(name: str, labels: tuple[tuple[str, str], ...]) -> str:
+    # Series repeat endlessly (the milter counts every decision): encode each one once.
+    return json.dumps([name, dict(labels)], separators=(",", ":"))
+
+
+def parse_field(field: str | bytes) -> tuple[str, dict[str, str]]:
+    name, labels = json.loads(field)
+    return name, labels
+
+
+def _add(field: str, amount: float) -> None:
+    with _lock:
+        if field in _pending or len(_pending) < MAX_PENDING_FIELDS:
+            _pending[field] += amount
+
+
+def count(name: str, amount: float = 1, **labels: Any) -> None:
+    """Add to a counter (names end in _total)."""
+    _add(field_name(name, labels), amount)
+
+
+def observe(name: str, value: float, **labels: Any) -> None:
+    """Record one observation of a histogram declared in HISTOGRAMS."""
+    for bound in HISTOGRAMS[name]:
+        if value <= bound:
+            _add(field_name(name + "_bucket", {**labels, "le": bound}), 1)
+    _add(field_name(name + "_bucket", {**labels, "le": "+Inf"}), 1)
+    _add(field_name(name + "_sum", labels), value)
+    _add(field_name(name + "_count", labels), 1)
+
+
+@contextmanager
+def timed(name: str, **labels: Any) -> Iterator[None]:
+    """Observe the seconds the block took (also when it raises: slow failures matter most)."""
+    started = time.monotonic()
+    try:
+        yield
+    finally:
+        observe(name, time.monotonic() - started, **labels)
+
+
+def configure(redis_client: Any, flush_interval: float | None = 1.0) -> None:
+    """Send buffered metrics to this Redis; with an interval, from a daemon thread."""
+    global _redis, _flusher
+    _redis = redis_client
+    if flush_interval and _flusher is None:
+        _stop.clear()
+        _flusher = threading.Thread(
+            target=_flush_loop, args=(flush_interval,), name="metrics-flush", daemon=True
+        )
+        _flusher.start()
+
+
+def _flush_loop(interval: float) -> None:
+    while not _stop.wait(interval):
+        flush()
+
+
+def flush() -> bool:
+    """Write the buffer to Redis; on failure keep it for the next try. Never raises."""
+    if _redis is None:
+        return False
+    with _lock:
+        batch = dict(_pending)
+        _pending.clear()
+    if not batch:
+        return True
+    try:
+        pipe = _redis.pipeline(transaction=False)
+        for field, amount in batch.items():
+            pipe.hincrbyfloat(REDIS_KEY, field, amount)
+        pipe.execute()
+        return True
+    except Exception:
+        for field, amount in batch.items():
+            _add(field, amount)
+        return False
+
+
+def shutdown() -> None:
+    """Stop the flusher and flush what is left (called on clean exit)."""
+    global _flusher
+    _stop.set()
+    if _flusher is not None:
+        _flusher.join(timeout=2)
+        _flusher = None
+    flush()
+
+
+def read_all(redis_client: Any) -> dict[str, float]:
+    """Every recorded series (the exporter's view)."""
+    raw = redis_client.hgetall(REDIS_KEY)
+    return {
+        (key.decode() if isinstance(key, bytes) else key): float(value)
+        for key, value in raw.items()
+    }

@@ -1,0 +1,57 @@
+"""Org queries: the tenants that own plus-addresses."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from orderflow_ingest.db import Conn
+
+ORG_COLUMNS = "id::text AS id, slug::text AS slug, name, status, created_at"
+
+
+def active_org_by_slug(conn: Conn, slug: str) -> dict[str, Any] | None:
+    """The org a plus-address names, if it exists and may receive mail."""
+    return conn.execute(
+        f"SELECT {ORG_COLUMNS} FROM org WHERE slug = %s AND status = 'active'", (slug,)
+    ).fetchone()
+
+
+def org_by_slug(conn: Conn, slug: str) -> dict[str, Any] | None:
+    return conn.execute(f"SELECT {ORG_COLUMNS} FROM org WHERE slug = %s", (slug,)).fetchone()
+
+
+def add_org(conn: Conn, slug: str, name: str) -> dict[str, Any]:
+    row = conn.execute(
+        f"INSERT INTO org (slug, name) VALUES (%s, %s) RETURNING {ORG_COLUMNS}", (slug, name)
+    ).fetchone()
+    assert row is not None
+    return row
+
+
+def set_org_status(conn: Conn, slug: str, status: str) -> dict[str, Any] | None:
+    return conn.execute(
+        f"UPDATE org SET status = %s, updated_at = now() WHERE slug = %s RETURNING {ORG_COLUMNS}",
+        (status, slug),
+    ).fetchone()
+
+
+def list_orgs(conn: Conn) -> list[dict[str, Any]]:
+    return conn.execute(f"SELECT {ORG_COLUMNS} FROM org ORDER BY slug").fetchall()
+
+
+def org_summary(conn: Conn, slug: str) -> dict[str, Any] | None:
+    """An org with its message counts per status and its last received time (`org show`)."""
+    return conn.execute(
+        f"""
+        SELECT {ORG_COLUMNS},
+          (SELECT count(*) FROM inbound_message m WHERE m.org_id = org.id) AS messages,
+          (SELECT coalesce(jsonb_object_agg(status, n), '{{}}'::jsonb) FROM
+             (SELECT status, count(*) AS n FROM inbound_message m
+               WHERE m.org_id = org.id GROUP BY status) s) AS by_status,
+          (SELECT count(*) FROM document d WHERE d.org_id = org.id) AS documents,
+          (SELECT max(received_at) FROM inbound_message m WHERE m.org_id = org.id)
+            AS last_received_at
+        FROM org WHERE slug = %s
+        """,
+        (slug,),
+    ).fetchone()

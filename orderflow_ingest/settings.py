@@ -1,0 +1,346 @@
+"""Every setting of orderflow-ingest, in one place, each with its default and why it exists.
+
+Settings come from an env file (``KEY=value`` lines, ``#`` comments) and then the process
+environment, which wins. The file matters because pipe(8) starts ``deliver`` with an almost
+empty environment. A wrong value stops the program at start with a message naming the setting.
+
+This module imports only the standard library: the per-message pipe client loads it too, and
+every import there is paid once per delivered message.
+"""
+
+from __future__ import annotations
+
+import os
+
+TYPE_CHECKING = False  # the pipe client imports this module per message; typing costs ~2 ms
+if TYPE_CHECKING:
+    from collections.abc import Callable, Mapping
+    from typing import Any
+
+DEFAULT_CONFIG_PATH = "/etc/orderflow/ingest.env"
+CONFIG_PATH_VARIABLE = "ORDERFLOW_CONFIG"
+# `dev up` also exports where its stack listens (SMTP host and port); those are not settings.
+DEV_PREFIX = "ORDERFLOW_DEV_"
+
+
+class SettingsError(Exception):
+    """A setting is missing or malformed; the message names it."""
+
+
+def _text(value: str) -> str:
+    return value
+
+
+def _int(value: str) -> int:
+    return int(value)
+
+
+def _float(value: str) -> float:
+    return float(value)
+
+
+def _bool(value: str) -> bool:
+    lowered = value.strip().lower()
+    if lowered in ("1", "true", "yes", "on"):
+        return True
+    if lowered in ("0", "false", "no", "off"):
+        return False
+    raise ValueError("expected true or false")
+
+
+def _csv(value: str) -> tuple[str, ...]:
+    return tuple(item.strip().lower() for item in value.split(",") if item.strip())
+
+
+def _loopback_listen(value: str) -> str:
+    """Metrics must never be reachable from outside the host (host:port on loopback)."""
+    host, _, port = value.rpartition(":")
+    host = host.strip("[]")
+    if host not in ("127.0.0.1", "::1", "localhost") and not host.startswith("127."):
+        raise ValueError("must listen on loopback (127.0.0.1:PORT or [::1]:PORT)")
+    if not port.isdigit() or not 0 < int(port) < 65536:
+        raise ValueError("needs a port, as in 127.0.0.1:9464")
+    return value
+
+
+def _choice(*allowed: str) -> Callable[[str], str]:
+    def parse(value: str) -> str:
+        if value not in allowed:
+            raise ValueError("must be one of " + ", ".join(allowed))
+        return value
+
+    return parse
+
+
+class Setting:
+    """One setting: its environment name, parser, default (None = required) and purpose."""
+
+    __slots__ = ("default", "doc", "name", "parse")
+
+    def __init__(self, name: str, parse: Callable[[str], Any], default: str | None, doc: str):
+        self.name = name
+        self.parse = parse
+        self.default = default
+        self.doc = doc
+
+
+SETTINGS: tuple[Setting, ...] = (
+    # Backends. Required: a mail host without them cannot accept anything safely.
+    Setting("ORDERFLOW_DATABASE_URL", _text, None, "PostgreSQL URL of the runtime role."),
+    Setting(
+        "ORDERFLOW_MIGRATE_DATABASE_URL",
+        _text,
+        "",
+        "PostgreSQL URL of the schema owner for `db migrate`; empty means the runtime URL.",
+    ),
+    Setting("ORDERFLOW_REDIS_URL", _text, None, "Redis URL for RQ queues and metric counters."),
+    Setting("ORDERFLOW_S3_ENDPOINT_URL", _text, "", "S3 endpoint; empty means AWS's default."),
+    Setting("ORDERFLOW_S3_BUCKET", _text, None, "Bucket for raw messages and documents."),
+    Setting("ORDERFLOW_S3_ACCESS_KEY", _text, "", "S3 access key; empty uses boto3's chain."),
+    Setting("ORDERFLOW_S3_SECRET_KEY", _text, "", "S3 secret key; empty uses boto3's chain."),
+    Setting("ORDERFLOW_S3_REGION", _text, "us-east-1", "S3 region name sent in signatures."),
+    Setting(
+        "ORDERFLOW_BACKEND_TIMEOUT",
+        _float,
+        "10",
+        "Seconds one database, Redis or S3 call may take before it counts as an outage.",
+    ),
+    # Addressing: orders+<slug>@<domain>.
+    Setting(
+        "ORDERFLOW_INGEST_DOMAINS",
+        _csv,
+        None,
+        "Comma-separated domains we receive orders for (orderflow.example.com).",
+    ),
+    Setting("ORDERFLOW_LOCAL_PART", _text, "orders", "Local part before the + and org slug."),
+    # The pipe path.
+    Setting(
+        "ORDERFLOW_DELIVER_SOCKET",
+        _text,
+        "/run/orderflow/deliver.sock",
+        "Unix socket of the delivery service the per-message pipe client hands mail to.",
+    ),
+    Setting(
+        "ORDERFLOW_DELIVER_SOCKET_GROUP",
+        _text,
+        "",
+        "Group given the delivery socket (the pipe user's group); empty keeps the service's.",
+    ),
+    Setting(
+        "ORDERFLOW_DELIVER_TIMEOUT",
+        _float,
+        "240",
+        "Seconds deliver may take before it gives up with 75; keep below orderflow_time_limit.",
+    ),
+    Setting(
+        "ORDERFLOW_SPOOL_DIR",
+        _text,
+        "/var/spool/orderflow",
+        "Where the delivery service spools a message while hashing and storing it.",
+    ),
+    Setting(
+        "ORDERFLOW_MAX_HEADER_BYTES",
+        _int,
+        "1048576",
+        "A header block larger than this is stored raw and marked FAILED, never parsed.",
+    ),
+    Setting(
+        "ORDERFLOW_DELIVER_WORKERS",
+        _int,
+        "16",
+        "Deliveries the service handles at once; Postfix's pipe concurrency should not exceed it.",
+    ),
+    # Jobs.
+    Setting(
+        "ORDERFLOW_ATTACHMENT_QUEUE", _text, "orderflow-attachments", "RQ queue of extract jobs."
+    ),
+    Setting(
+        "ORDERFLOW_EXTRACTION_QUEUE",
+        _text,
+        "extraction",
+        "RQ queue the downstream extraction pipeline (spec 009) consumes.",
+    ),
+    Setting(
+        "ORDERFLOW_EXTRACTION_FUNCTION",
+        _text,
+        "orderflow.extraction.extract_document",
+        "Dotted path of the downstream job, called as (document_id, org_id).",
+    ),
+    Setting("ORDERFLOW_JOB_TIMEOUT", _int, "900", "Seconds an attachment job may run in RQ."),
+    Setting("ORDERFLOW_MAX_MIME_DEPTH", _int, "20", "Nesting beyond this is not walked into."),
+    # The milter.
+    Setting(
+        "ORDERFLOW_MILTER_SOCKET",
+        _text,
+        "/run/orderflow/milter.sock",
+        "Unix socket path (or inet:PORT@127.0.0.1) the milter listens on.",
+    ),
+    Setting(
+        "ORDERFLOW_AUTHSERV_ID",
+        _text,
+        "",
+        "authserv-id of our Authentication-Results header; empty means the first ingest domain.",
+    ),
+    Setting(
+        "ORDERFLOW_DMARC_POLICY",
+        _choice("record", "reject"),
+        "record",
+        "record: only stamp verdicts; reject: 550 5.7.1 when DMARC fails under p=reject.",
+    ),
+    Setting(
+        "ORDERFLOW_TEMPFAIL_ON_DNS_ERROR",
+        _bool,
+        "false",
+        "Answer 451 when SPF/DKIM/DMARC look-ups time out instead of recording temperror.",
+    ),
+    Setting("ORDERFLOW_DNS_TIMEOUT", _float, "5", "Total seconds for all DNS of one check."),
+    Setting(
+        "ORDERFLOW_DNS_SERVERS",
+        _csv,
+        "",
+        "Resolvers for SPF/DKIM/DMARC (ip or ip:port); empty means /etc/resolv.conf.",
+    ),
+    Setting("ORDERFLOW_ORG_CACHE_TTL", _float, "30", "Seconds an org look-up is cached."),
+    Setting(
+        "ORDERFLOW_MILTER_LOOKUP_TIMEOUT",
+        _float,
+        "3",
+        "Seconds an org look-up at RCPT may wait for the database before the milter answers 451.",
+    ),
+    Setting(
+        "ORDERFLOW_MILTER_USER",
+        _text,
+        "",
+        "User the milter drops to when started as root; empty keeps the starting user.",
+    ),
+    Setting(
+        "ORDERFLOW_MILTER_SOCKET_GROUP",
+        _text,
+        "",
+        "Group given the milter's unix socket (mode 0660): Postfix's group, e.g. postfix.",
+    ),
+    # Operations.
+    Setting(
+        "ORDERFLOW_METRICS_LISTEN",
+        _loopback_listen,
+        "127.0.0.1:9464",
+        "Where the Prometheus exporter listens; loopback only.",
+    ),
+    Setting(
+        "ORDERFLOW_POSTFIX_CONFIG_DIR",
+        _text,
+        "/etc/postfix",
+        "Postfix instance whose queue the CLI and exporter report on.",
+    ),
+    Setting(
+        "ORDERFLOW_LOG_LEVEL",
+        _choice("DEBUG", "INFO", "WARNING", "ERROR"),
+        "INFO",
+        "Least severe log level written.",
+    ),
+    Setting("ORDERFLOW_LOG_FILE", _text, "", "JSON log file; empty means standard error."),
+)
+
+_BY_NAME = {setting.name: setting for setting in SETTINGS}
+
+
+def read_env_file(path: str) -> dict[str, str]:
+    """Parse ``KEY=value`` lines; quotes around a value are removed, nothing is expanded."""
+    values: dict[str, str] = {}
+    with open(path, encoding="utf-8") as handle:
+        for number, line in enumerate(handle, 1):
+            line = line.strip()
+            if not line or line.startswith("#"):
+                continue
+            if line.startswith("export "):
+                line = line[len("export ") :].lstrip()
+            key, sep, value = line.partition("=")
+            if not sep or not key.strip():
+                raise SettingsError(f"{path}:{number}: expected KEY=value")
+            value = value.strip()
+            if len(value) >= 2 and value[0] == value[-1] and value[0] in "'\"":
+                value = value[1:-1]
+            values[key.strip()] = value
+    return values
+
+
+def config_path(explicit: str | None = None) -> str | None:
+    """The env file to read: --config, then $ORDERFLOW_CONFIG, then the default if it exists."""
+    if explicit:
+        return explicit
+    from_env = os.environ.get(CONFIG_PATH_VARIABLE)
+    if from_env:
+        return from_env
+    return DEFAULT_CONFIG_PATH if os.path.exists(DEFAULT_CONFIG_PATH) else None
+
+
+class Settings:
+    """Validated settings; attribute names are the setting names without ORDERFLOW_, lower-case."""
+
+    def __init__(self, values: Mapping[str, Any], source: str | None):
+        self._values = dict(values)
+        self.source = source
+
+    def __getattr__(self, attribute: str) -> Any:
+        try:
+            return self._values["ORDERFLOW_" + attribute.upper()]
+        except KeyError:
+            raise AttributeError(attribute) from None
+
+    def as_dict(self) -> dict[str, Any]:
+        return dict(self._values)
+
+    # Typed accessors for the settings read most; the rest go through __getattr__.
+    database_url: str
+    redis_url: str
+    s3_bucket: str
+    ingest_domains: tuple[str, ...]
+    local_part: str
+    spool_dir: str
+    deliver_socket: str
+    deliver_timeout: float
+    backend_timeout: float
+
+    @property
+    def migrate_url(self) -> str:
+        return self._values["ORDERFLOW_MIGRATE_DATABASE_URL"] or self.database_url
+
+    @property
+    def effective_authserv_id(self) -> str:
+        return self._values["ORDERFLOW_AUTHSERV_ID"] or self.ingest_domains[0]
+
+
+def load_settings(
+    explicit_path: str | None = None,
+    environ: Mapping[str, str] | None = None,
+    only: tuple[str, ...] | None = None,
+) -> Settings:
+    """Load and validate; ``only`` limits validation to the named settings (the pipe client)."""
+    environ = os.environ if environ is None else environ
+    path = config_path(explicit_path)
+    raw: dict[str, str] = {}
+    if path is not None:
+        try:
+            raw.update(read_env_file(path))
+        except OSError as error:
+            raise SettingsError(f"cannot read config file {path}: {error.strerror}") from None
+    raw.update({key: value for key, value in environ.items() if key.startswith("ORDERFLOW_")})
+    unknown = sorted(
+        key
+        for key in raw
+        if key not in _BY_NAME and key != CONFIG_PATH_VARIABLE and not key.startswith(DEV_PREFIX)
+    )
+    if unknown:
+        raise SettingsError(f"unknown setting {unknown[0]} (in {path or 'environment'})")
+    values: dict[str, Any] = {}
+    for setting in SETTINGS if only is None else tuple(_BY_NAME[name] for name in only):
+        text = raw.get(setting.name, setting.default)
+        if text is None or (setting.default is None and not text.strip()):
+            raise SettingsError(f"{setting.name} is required: {setting.doc}")
+        try:
+            values[setting.name] = setting.parse(text)
+        except ValueError as error:
+            raise SettingsError(f"{setting.name}={text!r} is invalid: {error}") from None
+    if only is None and not values["ORDERFLOW_INGEST_DOMAINS"]:
+        raise SettingsError("ORDERFLOW_INGEST_DOMAINS is required: name at least one domain")
+    return Settings(values, path)
