@@ -1,0 +1,1 @@
+"""A throwaway local stack (PostgreSQL, Redis, S3, Postfix) for the demo, tests and benches."""

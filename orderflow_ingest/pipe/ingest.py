@@ -1,0 +1,292 @@
+"""One delivery, step by step: spool and hash → org → RECEIVED row (dedup gate) → raw to S3
+→ STORED → enqueue extraction. Returns an Outcome; the service turns it into an exit status.
+
+"250 OK" from Postfix means the message is on Postfix's disk, and it stays there until this
+returns DELIVERED or DUPLICATE: so every infrastructure fault is BACKEND_UNAVAILABLE (75,
+deferred and retried) and malformed content is stored raw and marked FAILED, never bounced.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import tempfile
+import uuid
+from collections.abc import Iterator
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import IO, Any
+
+import psycopg
+import redis.exceptions
+from botocore.exceptions import BotoCoreError, ClientError
+from psycopg_pool import PoolTimeout
+
+from orderflow_ingest import messages, metrics, storage
+from orderflow_ingest.addressing import org_slug
+from orderflow_ingest.authresults import parse_our_verdicts
+from orderflow_ingest.db import Conn, Pool, is_broken_connection
+from orderflow_ingest.logs import log_event
+from orderflow_ingest.orgs import active_org_by_slug
+from orderflow_ingest.outcomes import Outcome
+from orderflow_ingest.pipe import headers
+from orderflow_ingest.queue import enqueue_extract_attachments
+from orderflow_ingest.settings import Settings
+
+# Messages up to this size stay in memory while hashed; larger ones spill to the spool dir.
+IN_MEMORY_LIMIT = 1024 * 1024
+BACKEND_ERRORS = (
+    psycopg.OperationalError,
+    PoolTimeout,
+    BotoCoreError,
+    ClientError,
+    redis.exceptions.ConnectionError,
+    redis.exceptions.TimeoutError,
+    OSError,
+)
+
+
+@dataclass(frozen=True)
+class Envelope:
+    sender: str
+    recipient: str
+    queue_id: str | None
+
+
+@dataclass
+class Backends:
+    """The long-lived clients one service process shares between its delivery threads."""
+
+    settings: Settings
+    pool: Pool
+    s3: Any
+    redis: Any
+
+
+@dataclass
+class SpooledMessage:
+    file: IO[bytes]
+    sha256: str
+    size: int
+    header_block: bytes | None  # None: no end of headers within the limit
+
+
+def spool(chunks: Iterator[bytes], settings: Settings) -> SpooledMessage:
+    """Copy the message to a spool file while hashing it; memory stays bounded."""
+    spooled = tempfile.SpooledTemporaryFile(  # noqa: SIM115 - returned to the caller, who closes it
+        max_size=IN_MEMORY_LIMIT, dir=settings.spool_dir, prefix="msg-"
+    )
+    digest = hashlib.sha256()
+    size = 0
+    head = b""
+    header_block: bytes | None = None
+    limit = settings.max_header_bytes
+    for chunk in chunks:
+        spooled.write(chunk)
+        digest.update(chunk)
+        size += len(chunk)
+        if header_block is None and len(head) <= limit:
+            head += chunk[: limit + 4 - len(head)]
+            header_block = headers.split_header_block(head)
+    if header_block is None and len(head) <= limit and head:
+        header_block = head  # a message that is all headers and no body
+    spooled.seek(0)
+    return SpooledMessage(spooled, digest.hexdigest(), size, header_block)
+
+
+def read_facts(
+    message: SpooledMessage, settings: Settings
+) -> tuple[headers.HeaderFacts, str | None]:
+    """Header facts, or content-derived facts plus the reason the headers are unusable."""
+    if message.header_block is None:
+        reason = f"header block larger than {settings.max_header_bytes} bytes or empty"
+    else:
+        try:
+            return headers.read_header_facts(message.header_block), None
+        except headers.MalformedHeaders as error:
+            reason = str(error)
+    facts = headers.HeaderFacts(
+        message_id=headers.content_message_id(message.sha256),
+        message_id_synthetic=True,
+        from_email=None,
+        to_email=None,
+        subject=None,
+    )
+    return facts, reason
+
+
+def deliver(backends: Backends, envelope: Envelope, message: SpooledMessage) -> Outcome:
+    settings = backends.settings
+    trace_id = uuid.uuid4().hex
+    context: dict[str, Any] = {
+        "trace_id": trace_id,
+        "queue_id": envelope.queue_id,
+        "recipient": envelope.recipient,
+        "sender": envelope.sender,
+        "size_bytes": message.size,
+        "sha256": message.sha256,
+    }
+    slug = org_slug(envelope.recipient, settings.local_part, settings.ingest_domains)
+    facts, malformed = read_facts(message, settings)
+    context["message_id"] = facts.message_id
+    if slug is None:
+        log_event("delivery.unknown_recipient", logging.WARNING, **context)
+        return Outcome.UNKNOWN_ORG
+    try:
+        try:
+            return _deliver(backends, envelope, message, facts, malformed, slug, context)
+        except psycopg.OperationalError as error:
+            if not is_broken_connection(error):
+                raise
+            # A pooled connection that PostgreSQL dropped (restart): the pool has discarded
+            # it; one more try on a fresh one. The dedup gate makes the retry safe.
+            log_event("delivery.retry_broken_connection", logging.INFO, **context)
+            return _deliver(backends, envelope, message, facts, malformed, slug, context)
+    except BACKEND_ERRORS as error:
+        log_event(
+            "delivery.deferred",
+            logging.WARNING,
+            error_type=type(error).__name__,
+            error=str(error)[:500],
+            **context,
+        )
+        metrics.count(
+            "smtp_processing_errors_total",
+            org_id=context.get("org_id", ""),
+            error_type="backend_unavailable",
+        )
+        return Outcome.BACKEND_UNAVAILABLE
+
+
+def _deliver(
+    backends: Backends,
+    envelope: Envelope,
+    message: SpooledMessage,
+    facts: headers.HeaderFacts,
+    malformed: str | None,
+    slug: str,
+    context: dict[str, Any],
+) -> Outcome:
+    settings = backends.settings
+    with backends.pool.connection() as conn:
+        with metrics.timed("orderflow_db_seconds", operation="org_lookup"):
+            org = active_org_by_slug(conn, slug)
+        if org is None:
+            conn.rollback()
+            log_event("delivery.unknown_org", logging.WARNING, org_slug=slug, **context)
+            return Outcome.UNKNOWN_ORG
+        context["org_id"] = org_id = org["id"]
+        new = messages.NewMessage(
+            org_id=org_id,
+            source_message_id=facts.message_id,
+            message_id_synthetic=facts.message_id_synthetic,
+            from_email=facts.from_email,
+            to_email=facts.to_email,
+            subject=facts.subject,
+            received_at=datetime.now(UTC),
+            sha256=message.sha256,
+            size_bytes=message.size,
+            trace_id=context["trace_id"],
+            envelope_sender=envelope.sender,
+            envelope_recipient=envelope.recipient,
+            postfix_queue_id=envelope.queue_id,
+            auth_results=parse_our_verdicts(
+                facts.authentication_results, settings.effective_authserv_id
+            ),
+        )
+        with metrics.timed("orderflow_db_seconds", operation="insert_received"):
+            created = messages.insert_received(conn, new)
+            conn.commit()
+        if created is not None:
+            log_event("delivery.received", inbound_message_id=created["id"], **context)
+        # A row we just created needs no lock: if a concurrent copy resumes and stores it
+        # first, our conditional UPDATE to STORED finds it no longer RECEIVED. A copy that
+        # finds an existing row locks it, so resumers take turns.
+        row = created if created is not None else _lock_existing(conn, org_id, facts.message_id)
+        if row is None:  # deleted between the two statements: let Postfix retry
+            conn.rollback()
+            return Outcome.BACKEND_UNAVAILABLE
+        context["inbound_message_id"] = row["id"]
+        if row["trace_id"] != context["trace_id"]:
+            context["first_trace_id"] = row["trace_id"]
+        if row["status"] == "RECEIVED":
+            key = storage.raw_message_key(org_id, row["id"])
+            with metrics.timed("orderflow_s3_put_seconds"):
+                _put_raw(backends, key, message)
+            if malformed is not None:
+                messages.mark_failed(
+                    conn, row["id"], {"stage": "deliver", "reason": malformed}, key
+                )
+                conn.commit()
+                log_event(
+                    "delivery.malformed_stored",
+                    logging.ERROR,
+                    reason=malformed,
+                    raw_storage_key=key,
+                    **context,
+                )
+                metrics.count("smtp_emails_received_total", org_id=org_id, status="FAILED")
+                metrics.count(
+                    "smtp_processing_errors_total", org_id=org_id, error_type="malformed_headers"
+                )
+                return Outcome.MALFORMED_STORED
+            with metrics.timed("orderflow_db_seconds", operation="mark_stored"):
+                won = messages.mark_stored(conn, row["id"], key)
+                conn.commit()
+            if not won:  # a concurrent copy of this message stored it first
+                _log_duplicate(row, message, context)
+                return Outcome.DUPLICATE
+            log_event("delivery.stored", raw_storage_key=key, resumed=created is None, **context)
+            metrics.count("smtp_emails_received_total", org_id=org_id, status="STORED")
+            _enqueue(backends, row["id"], row["trace_id"], context, check_live=created is None)
+            return Outcome.DELIVERED
+        conn.rollback()
+    if row["status"] == "STORED":
+        # Raw is safe; make sure extraction was enqueued (a Redis outage may have stopped us).
+        _enqueue(backends, row["id"], row["trace_id"], context, check_live=True)
+    _log_duplicate(row, message, context)
+    return Outcome.DUPLICATE
+
+
+def _lock_existing(conn: Conn, org_id: str, message_id: str) -> dict[str, Any] | None:
+    existing = messages.find_by_message_id(conn, org_id, message_id)
+    return None if existing is None else messages.lock_message(conn, existing["id"])
+
+
+def _put_raw(backends: Backends, key: str, message: SpooledMessage) -> None:
+    settings = backends.settings
+    message.file.seek(0)
+    if message.size <= storage.MULTIPART_THRESHOLD:
+        backends.s3.put_object(
+            Bucket=settings.s3_bucket,
+            Key=key,
+            Body=message.file,
+            ContentLength=message.size,
+            ContentType="message/rfc822",
+            Metadata={"sha256": message.sha256},
+        )
+    else:
+        storage.put_stream(backends.s3, settings.s3_bucket, key, message.file, "message/rfc822")
+
+
+def _enqueue(
+    backends: Backends, message_id: str, trace_id: str, context: dict[str, Any], check_live: bool
+) -> None:
+    enqueued = enqueue_extract_attachments(
+        backends.redis, backends.settings, message_id, trace_id, check_live=check_live
+    )
+    log_event("delivery.enqueued" if enqueued else "delivery.job_already_queued", **context)
+
+
+def _log_duplicate(row: dict[str, Any], message: SpooledMessage, context: dict[str, Any]) -> None:
+    """FR-013: a duplicate is a WARN with Message-ID and org, and a 250, never a new row."""
+    same_content = row["sha256"] == message.sha256
+    log_event(
+        "delivery.duplicate",
+        logging.WARNING,
+        status=row["status"],
+        same_content=same_content,
+        first_queue_id=row["postfix_queue_id"],
+        **context,
+    )
+    metrics.count("orderflow_duplicates_total", org_id=row["org_id"])
