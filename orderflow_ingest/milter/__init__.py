@@ -1,0 +1,1 @@
+"""The milter daemon: RCPT org check, SPF, DKIM, DMARC, Authentication-Results."""
