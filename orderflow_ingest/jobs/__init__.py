@@ -1,0 +1,1 @@
+"""RQ jobs: MIME walking, attachment rules, document rows, hand-off to extraction."""

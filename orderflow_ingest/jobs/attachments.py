@@ -1,0 +1,264 @@
+"""The RQ job `extract_attachments`: raw message in S3 -> document objects and rows -> hand-off.
+
+The delivery service enqueues it by dotted path once the raw message is safe in S3 (STORED).
+Idempotent end to end: the message row is locked for the whole run, so two runs of one message
+never overlap; S3 keys and document rows are keyed by (message, part path), so a retry rewrites
+rather than adds; a message already PARSED or FAILED is left alone. Faults split three ways:
+
+- a part that is corrupt is recorded (document FAILED, with its reason) and the rest go on;
+- a message that cannot be walked at all ends FAILED with error_json (its raw stays in S3);
+- an infrastructure fault (S3, PostgreSQL, Redis, spool disk) raises, and RQ retries it with
+  the backoff the job was enqueued with (queue.ATTACHMENT_RETRY).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import time
+from dataclasses import dataclass
+from typing import Any
+
+from rq import get_current_job
+from rq.job import Job
+
+from orderflow_ingest import db, documents, messages, metrics, queue, storage
+from orderflow_ingest.jobs.context import JobContext, get_context
+from orderflow_ingest.jobs.extract import Document, Extraction, extract_message
+from orderflow_ingest.logs import log_event
+
+
+class NotStoredYet(Exception):
+    """The row is still RECEIVED: the raw message is not known to be in S3. Retried."""
+
+
+@dataclass
+class Outcome:
+    """What one run did; also the job's result in RQ (kept small)."""
+
+    status: str  # parsed, failed, already_parsed, already_failed, missing
+    documents: list[str]
+    skipped: int = 0
+
+    def as_result(self) -> dict[str, Any]:
+        return {"status": self.status, "documents": self.documents, "skipped": self.skipped}
+
+
+def extract_attachments(inbound_message_id: str, trace_id: str | None = None) -> dict[str, Any]:
+    """RQ entry point (orderflow_ingest.jobs.attachments.extract_attachments)."""
+    job = get_current_job()
+    if trace_id is None and job is not None:
+        trace_id = job.meta.get("trace_id")
+    context = get_context()
+    context.redis  # noqa: B018 - builds the client and points metrics at it
+    try:
+        return run(context, inbound_message_id, trace_id).as_result()
+    finally:
+        metrics.flush()
+
+
+def run(context: JobContext, inbound_message_id: str, trace_id: str | None) -> Outcome:
+    started = time.monotonic()
+    settings = context.settings
+    fields: dict[str, Any] = {"inbound_message_id": inbound_message_id, "trace_id": trace_id}
+    try:
+        with db.connect(settings.database_url, timeout=settings.backend_timeout) as conn:
+            row = messages.lock_message(conn, inbound_message_id)
+            if row is None:
+                conn.rollback()
+                log_event("attachments.message_missing", logging.ERROR, **fields)
+                return Outcome("missing", [])
+            fields.update(
+                trace_id=trace_id or row["trace_id"],
+                org_id=row["org_id"],
+                message_id=row["source_message_id"],
+                queue_id=row["postfix_queue_id"],
+            )
+            status = row["status"]
+            if status in ("PARSED", "FAILED"):
+                existing = documents.documents_for_message(conn, inbound_message_id)
+                conn.commit()
+                if status == "PARSED":
+                    _ensure_handed_off(context, existing, fields)
+                log_event(
+                    "attachments.already_done",
+                    status=status,
+                    document_ids=[document["id"] for document in existing],
+                    **fields,
+                )
+                return Outcome(f"already_{status.lower()}", [d["id"] for d in existing])
+            if status != "STORED":
+                raise NotStoredYet(f"inbound_message {inbound_message_id} is {status}")
+            log_event("attachments.started", raw_storage_key=row["raw_storage_key"], **fields)
+            body = storage.open_object(context.s3, settings.s3_bucket, row["raw_storage_key"])
+            try:
+                extraction = extract_message(
+                    body,
+                    spool_dir=_spool_dir(settings.spool_dir),
+                    max_depth=settings.max_mime_depth,
+                    max_header_bytes=settings.max_header_bytes,
+                )
+            finally:
+                body.close()
+            with extraction:
+                outcome = _store(context, conn, row, extraction, fields)
+        metrics.observe(
+            "smtp_attachment_extraction_duration_ms", (time.monotonic() - started) * 1000
+        )
+        if outcome.status == "parsed":
+            _hand_off(context, outcome, fields)
+    except Exception as error:
+        log_event(
+            "attachments.retry",
+            logging.WARNING,
+            error_type=type(error).__name__,
+            error=str(error)[:300],
+            **fields,
+        )
+        metrics.count(
+            "smtp_processing_errors_total",
+            org_id=fields.get("org_id", ""),
+            error_type=f"extract_{type(error).__name__}",
+        )
+        raise
+    return outcome
+
+
+def _store(
+    context: JobContext,
+    conn: Any,
+    row: dict[str, Any],
+    extraction: Extraction,
+    fields: dict[str, Any],
+) -> Outcome:
+    """Documents to S3, rows and status in one transaction (the row lock is still held)."""
+    message_id = row["id"]
+    org_id = row["org_id"]
+    if extraction.error is not None:
+        error: dict[str, Any] = dict(extraction.error)
+        error["defects"] = extraction.defects[:50]
+        messages.mark_failed(conn, message_id, error)
+        conn.commit()
+        log_event(
+            "attachments.failed",
+            logging.ERROR,
+            error=error["error"],
+            detail=error.get("detail"),
+            **fields,
+        )
+        metrics.count("smtp_processing_errors_total", org_id=org_id, error_type="unparseable")
+        return Outcome("failed", [])
+    for document in extraction.documents:
+        key = storage.document_key(org_id, message_id, document.part, document.filename)
+        put_started = time.monotonic()
+        storage.put_file(
+            context.s3, context.settings.s3_bucket, key, document.spool_path, document.mime_type
+        )
+        metrics.observe("orderflow_s3_put_seconds", time.monotonic() - put_started)
+    stored: list[str] = []
+    ids: list[str] = []
+    for document in extraction.documents:
+        saved = documents.upsert_document(
+            conn,
+            org_id=org_id,
+            inbound_message_id=message_id,
+            part_path=document.part,
+            file_name=document.filename,
+            mime_type=document.mime_type,
+            size_bytes=document.size_bytes,
+            sha256=document.sha256,
+            storage_key=storage.document_key(org_id, message_id, document.part, document.filename),
+            status=document.status,
+            decision=_decision(document),
+        )
+        ids.append(saved["id"])
+        if document.status == "STORED":
+            stored.append(saved["id"])
+        if document.status == "FAILED":
+            log_event(
+                "attachments.part_corrupt",
+                logging.WARNING,
+                document_id=saved["id"],
+                part=document.part,
+                reason=document.reason,
+                **fields,
+            )
+    for skipped in extraction.skipped:
+        documents.record_part(
+            conn, message_id, skipped.part, skipped.content_type, skipped.decision, skipped.reason
+        )
+    messages.mark_parsed(conn, message_id)
+    conn.commit()
+    level = logging.INFO if extraction.documents else logging.WARNING
+    log_event(
+        "attachments.parsed" if extraction.documents else "attachments.no_documents",
+        level,
+        document_ids=ids,
+        documents=[_summary(document) for document in extraction.documents],
+        skipped=len(extraction.skipped),
+        defects=len(extraction.defects),
+        size_bytes=extraction.size_bytes,
+        **fields,
+    )
+    metrics.count("orderflow_documents_extracted_total", len(ids))
+    return Outcome("parsed", stored, skipped=len(extraction.skipped))
+
+
+def _spool_dir(configured: str) -> str | None:
+    """Decoded parts go to the host's spool (disk, sized for mail) when this worker may write
+    there, else to the system temp dir (which may be RAM-backed tmpfs: prefer the spool)."""
+    if os.path.isdir(configured) and os.access(configured, os.W_OK | os.X_OK):
+        return configured
+    return None
+
+
+def _decision(document: Document) -> dict[str, Any]:
+    return {
+        "reason": document.reason,
+        "original_filename": document.original_filename,
+        "declared_type": document.declared_type,
+        "defects": document.defects[:20],
+    }
+
+
+def _summary(document: Document) -> dict[str, Any]:
+    return {
+        "part": document.part,
+        "filename": document.filename,
+        "mime_type": document.mime_type,
+        "size_bytes": document.size_bytes,
+        "status": document.status,
+    }
+
+
+def _hand_off(context: JobContext, outcome: Outcome, fields: dict[str, Any]) -> None:
+    """extract_document(document_id, org_id) once per stored document (deterministic job ids).
+
+    After the commit, so the downstream job always finds its row; a Redis fault here raises,
+    and the retried run finds PARSED and enqueues whatever is still missing.
+    """
+    for document_id in outcome.documents:
+        enqueued = queue.enqueue_extract_document(
+            context.redis, context.settings, document_id, fields["org_id"], fields["trace_id"]
+        )
+        log_event("attachments.handed_off", document_id=document_id, enqueued=enqueued, **fields)
+
+
+def _ensure_handed_off(
+    context: JobContext, existing: list[dict[str, Any]], fields: dict[str, Any]
+) -> None:
+    """A re-run on a PARSED message: enqueue downstream jobs that were never enqueued.
+
+    Covers a crash between the commit and the hand-off. Jobs that exist (waiting, running,
+    finished) are left alone: a redundant run of this job must not re-extract documents.
+    """
+    for document in existing:
+        if document["status"] != "STORED":
+            continue
+        job_id = queue.document_job_id(document["id"])
+        if Job.exists(job_id, connection=context.redis):
+            continue
+        queue.enqueue_extract_document(
+            context.redis, context.settings, document["id"], fields["org_id"], fields["trace_id"]
+        )
+        log_event("attachments.handed_off", document_id=document["id"], late=True, **fields)
