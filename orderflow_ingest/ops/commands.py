@@ -1,0 +1,570 @@
+"""The operator commands on the `orderflow-ingest` CLI: reprocess, sweep, show/trace, raw,
+queue, doctor and exporter. `register(app)` adds them; the work is in the sibling modules.
+
+Only typer and the standard library are imported at module level: the CLI loads this for
+every command, and the heavy clients are needed only by the command that runs.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import Annotated, Any
+
+import typer
+
+from orderflow_ingest.cli_support import (
+    EX_CONFIG,
+    ConfigOption,
+    JsonOption,
+    fail,
+    settings_or_exit,
+)
+
+OrgOption = Annotated[
+    str | None, typer.Option("--org", help="Only messages of this org (slug).", show_default=False)
+]
+
+EX_USAGE = 2
+EX_TEMPFAIL = 75
+
+
+def _json_default(value: Any) -> Any:
+    isoformat = getattr(value, "isoformat", None)
+    return isoformat() if callable(isoformat) else str(value)
+
+
+def _dump(data: Any) -> str:
+    return json.dumps(data, default=_json_default, indent=2, ensure_ascii=False)
+
+
+def _logging(settings: Any, component: str) -> None:
+    """JSON events to the log file; without one, only warnings to stderr (the operator's
+    terminal gets the human-readable report on stdout, not every event twice)."""
+    from orderflow_ingest.logs import setup_logging
+
+    level = settings.log_level if settings.log_file else "WARNING"
+    setup_logging(level, settings.log_file, component=component)
+
+
+@contextmanager
+def _backends(settings: Any, s3: bool = True) -> Iterator[tuple[Any, Any, Any]]:
+    """(db connection, redis, s3 client); an unreachable backend is exit 75, one line."""
+    import psycopg
+    import redis.exceptions
+
+    from orderflow_ingest import metrics
+    from orderflow_ingest.db import connect
+    from orderflow_ingest.queue import make_redis
+
+    try:
+        conn = connect(settings.database_url, timeout=settings.backend_timeout)
+    except psycopg.OperationalError as error:
+        fail(f"PostgreSQL unreachable: {str(error).strip().splitlines()[0]}", EX_TEMPFAIL)
+    redis_client = make_redis(settings)
+    try:
+        redis_client.ping()
+    except redis.exceptions.RedisError as error:
+        conn.close()
+        fail(f"Redis unreachable: {error}", EX_TEMPFAIL)
+    metrics.configure(redis_client, flush_interval=None)
+    s3_client = None
+    if s3:  # boto3 costs ~0.6 s to import and set up: only for commands that read S3
+        from orderflow_ingest.storage import make_client
+
+        s3_client = make_client(settings)
+    try:
+        with conn:
+            yield conn, redis_client, s3_client
+    finally:
+        metrics.flush()
+        redis_client.close()
+
+
+# --- reprocess ---------------------------------------------------------------------------
+
+
+def reprocess(
+    identifiers: Annotated[
+        list[str] | None,
+        typer.Argument(
+            help="inbound_message ids, Message-IDs, Postfix queue ids or trace_ids.",
+            show_default=False,
+        ),
+    ] = None,
+    org: OrgOption = None,
+    status: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--status",
+            help="FAILED, PARSED or STORED (repeatable, or comma-separated). Default: all three.",
+            show_default=False,
+        ),
+    ] = None,
+    since: Annotated[
+        str | None,
+        typer.Option(
+            help="Received at or after: 24h, yesterday, 2024-05-01T10:00.", show_default=False
+        ),
+    ] = None,
+    until: Annotated[
+        str | None,
+        typer.Option(help="Received before (same forms as --since).", show_default=False),
+    ] = None,
+    limit: Annotated[int | None, typer.Option(help="At most this many messages.")] = None,
+    dry_run: Annotated[
+        bool, typer.Option("--dry-run", help="List what would run; change nothing.")
+    ] = False,
+    wait: Annotated[
+        bool, typer.Option("--wait", help="Wait for the jobs and report what they changed.")
+    ] = False,
+    timeout: Annotated[float, typer.Option(help="Seconds --wait waits for all jobs.")] = 600,
+    config: ConfigOption = None,
+    as_json: JsonOption = False,
+) -> None:
+    """Run attachment extraction again from the raw message kept in S3.
+
+    PARSED and FAILED messages are reopened (-> STORED) and their extraction job is enqueued
+    again; a STORED message without a live job just gets its job. Documents are never
+    duplicated: the job updates the ones it wrote before. RECEIVED messages, and messages
+    whose raw never reached S3, cannot be reprocessed; the report says so.
+
+    Examples:
+      orderflow-ingest reprocess --status FAILED --since yesterday --dry-run
+      orderflow-ingest reprocess --org acme --status FAILED --since 2024-05-01 --until 2024-05-02
+      orderflow-ingest reprocess '<PO-4711@customer.example>' --wait
+    """
+    from orderflow_ingest.ops import queries
+    from orderflow_ingest.ops import reprocess as ops
+    from orderflow_ingest.ops.timeparse import parse_when
+
+    statuses = tuple(
+        part.strip().upper() for value in status or () for part in value.split(",") if part.strip()
+    )
+    bad = [s for s in statuses if s not in ("FAILED", "PARSED", "STORED")]
+    if bad:
+        fail(f"--status {bad[0]}: use FAILED, PARSED or STORED", EX_USAGE)
+    if not (identifiers or org or statuses or since or until):
+        fail(
+            "say which messages: ids, or a selection such as --status FAILED --since 24h",
+            EX_USAGE,
+        )
+    try:
+        since_at = parse_when(since) if since else None
+        until_at = parse_when(until) if until else None
+    except ValueError as error:
+        fail(str(error), EX_USAGE)
+    settings = settings_or_exit(config)
+    _logging(settings, "reprocess")
+    unmatched: list[str] = []
+    with _backends(settings) as (conn, redis_client, s3):
+        if identifiers:
+            rows: dict[str, dict[str, Any]] = {}
+            for identifier in identifiers:
+                found = queries.resolve(conn, identifier, org).messages
+                if not found:
+                    unmatched.append(identifier)
+                rows.update((row["id"], row) for row in found)
+            selected = [
+                row
+                for row in rows.values()
+                if (not statuses or row["status"] in statuses)
+                and (since_at is None or row["received_at"] >= since_at)
+                and (until_at is None or row["received_at"] < until_at)
+            ][:limit]
+        else:
+            selected = queries.select_messages(
+                conn,
+                queries.Selection(
+                    org_slug=org,
+                    statuses=statuses or ("FAILED", "PARSED", "STORED"),
+                    since=since_at,
+                    until=until_at,
+                    limit=limit,
+                ),
+            )
+        conn.commit()
+        with _progress(len(selected), "reprocess", enabled=not as_json) as advance:
+            steps = ops.reprocess(
+                conn, redis_client, s3, settings, selected, dry_run, progress=lambda s: advance()
+            )
+        waited_ok = True
+        if wait and not dry_run:
+            with _progress(
+                sum(1 for s in steps if s.done), "waiting for jobs", enabled=not as_json
+            ) as advance:
+                waited_ok = ops.wait_for_jobs(
+                    redis_client, conn, steps, timeout, progress=lambda s: advance()
+                )
+    totals = ops.summary(steps, dry_run)
+    if as_json:
+        typer.echo(
+            _dump(
+                {
+                    "dry_run": dry_run,
+                    "messages": [step.as_dict() for step in steps],
+                    "totals": totals,
+                    "unmatched": unmatched,
+                }
+            )
+        )
+    else:
+        if dry_run:
+            typer.echo("dry run: nothing was changed")
+        for step in steps:
+            typer.echo(ops.describe(step, dry_run))
+        for identifier in unmatched:
+            typer.echo(f"no message matches {identifier!r}")
+        words = {
+            "reopen": "reopened",
+            "enqueue": "enqueued",
+            "skip": "skipped",
+            "impossible": "cannot be reprocessed",
+            "error": "failed",
+        }
+        parts = [
+            f"{count} {words.get(name, name.replace('_', ' '))}"
+            for name, count in sorted(totals.items())
+        ]
+        typer.echo(f"{len(steps)} message(s): " + (", ".join(parts) or "nothing selected"))
+    problems = any(s.action in (ops.ERROR, ops.IMPOSSIBLE) for s in steps)
+    if problems or unmatched or not waited_ok:
+        raise typer.Exit(1)
+
+
+@contextmanager
+def _progress(total: int, label: str, enabled: bool) -> Iterator[Any]:
+    """A rich progress bar on stderr for long runs at a terminal; a no-op otherwise."""
+    from rich.console import Console
+
+    console = Console(stderr=True)
+    if not enabled or total < 20 or not console.is_terminal:
+        yield lambda: None
+        return
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TimeRemainingColumn
+
+    with Progress(
+        f"[bold]{label}",
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeRemainingColumn(),
+        console=console,
+        transient=True,
+    ) as progress:
+        task = progress.add_task(label, total=total)
+        yield lambda: progress.advance(task)
+
+
+# --- sweep -------------------------------------------------------------------------------
+
+
+def sweep(
+    older_than: Annotated[
+        str, typer.Option(help="Stuck means unchanged for longer than this (15m, 1h, 900).")
+    ] = "15m",
+    max_attempts: Annotated[
+        int,
+        typer.Option(help="Sweeps of a message whose job keeps failing before it is set FAILED."),
+    ] = 3,
+    dry_run: Annotated[
+        bool, typer.Option("--dry-run", help="Report what would be done; change nothing.")
+    ] = False,
+    quiet: Annotated[
+        bool, typer.Option("--quiet", "-q", help="Print nothing when nothing is stuck (cron).")
+    ] = False,
+    config: ConfigOption = None,
+    as_json: JsonOption = False,
+) -> None:
+    """Re-enqueue messages stuck in STORED with no live job; report stuck RECEIVED ones.
+
+    Safe to run from a systemd timer or cron on every mail host at once: it acts under a row
+    lock, re-checks the job first, and exits 0 when there is nothing to do. RECEIVED rows are
+    only reported: their raw message is not in S3 yet and Postfix still holds and retries it.
+
+    Examples:
+      orderflow-ingest sweep --dry-run
+      orderflow-ingest sweep --older-than 30m --quiet      # from a timer
+    """
+    from orderflow_ingest.ops import sweep as ops
+    from orderflow_ingest.ops.timeparse import human_duration, parse_duration
+
+    try:
+        threshold = parse_duration(older_than)
+    except ValueError as error:
+        fail(str(error), EX_USAGE)
+    settings = settings_or_exit(config)
+    _logging(settings, "sweep")
+    with _backends(settings, s3=False) as (conn, redis_client, _s3):
+        findings = ops.sweep(
+            conn, redis_client, settings, threshold, dry_run=dry_run, max_attempts=max_attempts
+        )
+    totals = ops.totals(findings)
+    if as_json:
+        typer.echo(
+            _dump(
+                {
+                    "dry_run": dry_run,
+                    "older_than_seconds": threshold.total_seconds(),
+                    "messages": [finding.as_dict() for finding in findings],
+                    "totals": totals,
+                }
+            )
+        )
+    elif findings:
+        if dry_run:
+            typer.echo("dry run: nothing was changed")
+        for f in findings:
+            typer.echo(
+                f"{f.inbound_message_id}  {f.org:<12} {f.status:<8}"
+                f" stuck {human_duration(f.stuck_seconds):>8}  {f.action}: {f.reason}"
+            )
+        typer.echo(", ".join(f"{count} {name}" for name, count in sorted(totals.items())))
+    elif not quiet:
+        typer.echo(f"nothing stuck for longer than {older_than}")
+    if ops.ERROR in totals:
+        raise typer.Exit(1)
+
+
+# --- show / trace / raw ------------------------------------------------------------------
+
+
+def show(
+    identifier: Annotated[
+        str,
+        typer.Argument(
+            help="Message-ID, Postfix queue id, trace_id, inbound_message id or document id."
+        ),
+    ],
+    org: OrgOption = None,
+    maillog: Annotated[
+        str | None,
+        typer.Option(
+            help="Postfix log to search (default: Postfix's maillog_file, else /var/log/mail.log).",
+            show_default=False,
+        ),
+    ] = None,
+    postfix: Annotated[
+        bool, typer.Option("--postfix/--no-postfix", help="Look in Postfix's queue and log.")
+    ] = True,
+    config: ConfigOption = None,
+    as_json: JsonOption = False,
+) -> None:
+    """The whole story of a message: envelope, org, auth verdicts, status history, S3 keys,
+    documents and why other parts are not, RQ jobs and the Postfix log lines.
+
+    Examples:
+      orderflow-ingest show '<PO-4711@customer.example>'
+      orderflow-ingest show 4XyZ1B2C3D --json
+      orderflow-ingest trace 3f2b7c0e9a8d4e6f8a1b2c3d4e5f6a7b
+    """
+    from orderflow_ingest.ops import queries, trace
+
+    settings = settings_or_exit(config)
+    _logging(settings, "show")
+    with _backends(settings) as (conn, redis_client, s3):
+        resolved = queries.resolve(conn, identifier, org)
+        conn.commit()
+        stories = [
+            trace.story(conn, redis_client, s3, settings, row, maillog, postfix=postfix)
+            for row in resolved.messages
+        ]
+    if not stories:
+        # Not in the database: perhaps still in Postfix's queue (backend outage) or just
+        # being delivered. Postfix's queue and log say what happened to it.
+        known = (
+            trace.postfix_story(settings, identifier.strip(), resolved.kind, maillog)
+            if postfix and org is None
+            else None
+        )
+        if known is not None:
+            typer.echo(_dump([known]) if as_json else trace.render_postfix_text(known))
+            return
+        if as_json:
+            typer.echo(_dump([]))
+        fail(f"no message matches {identifier!r}" + (f" in org {org}" if org else ""))
+    if as_json:
+        typer.echo(_dump(stories))
+        return
+    if len(stories) > 1:
+        typer.echo(f"{len(stories)} messages match {identifier!r} (one per org recipient)\n")
+    typer.echo("\n\n".join(trace.render_text(story) for story in stories))
+
+
+def raw(
+    identifier: Annotated[
+        str,
+        typer.Argument(
+            help="inbound_message id, Message-ID, queue id or trace_id; a document"
+            " id gives that document's file."
+        ),
+    ],
+    org: OrgOption = None,
+    config: ConfigOption = None,
+) -> None:
+    """Stream the stored raw message (.eml) to standard output, as it arrived.
+
+    Examples:
+      orderflow-ingest raw 1b4e28ba-2fa1-11d2-883f-0016d3cca427 > order.eml
+      orderflow-ingest raw '<PO-4711@customer.example>' --org acme | orderflow-ingest inspect -
+    """
+    from orderflow_ingest import documents
+    from orderflow_ingest.ops import queries, trace
+
+    settings = settings_or_exit(config)
+    _logging(settings, "raw")
+    with _backends(settings) as (conn, _redis, s3):
+        resolved = queries.resolve(conn, identifier, org)
+        if resolved.document_id is not None:
+            document = documents.get_document(conn, resolved.document_id)
+            key = document["storage_key"] if document else None
+        elif len(resolved.messages) > 1:
+            choices = ", ".join(f"{r['id']} ({r['org_slug']})" for r in resolved.messages)
+            fail(f"{identifier!r} matches {len(resolved.messages)} messages: {choices}")
+        elif not resolved.messages:
+            fail(f"no message matches {identifier!r}")
+        else:
+            key = resolved.messages[0]["raw_storage_key"]
+        conn.commit()
+        if not key:
+            fail(f"{identifier!r} has no stored raw message (it failed before reaching S3)")
+        try:
+            trace.stream_object(s3, settings.s3_bucket, key, sys.stdout.buffer)
+        except BrokenPipeError:
+            pass  # `| head` closed the pipe: not an error
+        except Exception as error:
+            fail(f"cannot read {key} from bucket {settings.s3_bucket}: {error}")
+
+
+# --- queue -------------------------------------------------------------------------------
+
+
+def queue(
+    reasons: Annotated[int, typer.Option(help="How many top deferral reasons to list.")] = 5,
+    config: ConfigOption = None,
+    as_json: JsonOption = False,
+) -> None:
+    """Postfix's queue at a glance, from `postqueue -j`: messages, recipients, size and the
+    oldest message per queue, and the most common deferral reasons.
+
+    Examples:
+      orderflow-ingest queue
+      orderflow-ingest queue --json --reasons 10
+    """
+    from orderflow_ingest.ops import postfix_queue
+    from orderflow_ingest.ops.timeparse import human_duration
+
+    settings = settings_or_exit(config)
+    try:
+        summary = postfix_queue.queue_summary(settings.postfix_config_dir)
+    except postfix_queue.PostqueueError as error:
+        fail(str(error), EX_TEMPFAIL)
+    if as_json:
+        typer.echo(_dump(summary.as_dict(reasons)))
+        return
+    lines = [f"{'queue':<10}{'messages':>10}{'recipients':>12}{'size':>12}  oldest"]
+    for name in summary.messages:
+        lines.append(
+            f"{name:<10}{summary.messages[name]:>10}{summary.recipients[name]:>12}"
+            f"{summary.size_bytes[name]:>12}  {human_duration(summary.oldest_age_seconds[name])}"
+        )
+    top = summary.top_reasons(reasons)
+    if top:
+        lines.append("top deferral reasons (messages):")
+        lines.extend(f"{count:>8}  {reason}" for reason, count in top)
+    lines.extend(f"note: {warning}" for warning in summary.warnings)
+    typer.echo("\n".join(lines))
+
+
+# --- doctor ------------------------------------------------------------------------------
+
+
+def doctor(
+    min_free_mb: Annotated[
+        int, typer.Option(help="Fail when the spool or Postfix queue disk has less free (MiB).")
+    ] = 1024,
+    config: ConfigOption = None,
+    as_json: JsonOption = False,
+) -> None:
+    """Check everything a mail host needs to take orders; one line per check.
+
+    Settings, PostgreSQL, migrations, Redis, RQ workers, the S3 bucket, `postfix check`, our
+    transport and milter in Postfix's config, the milter and deliver sockets, free disk and
+    the exporter. Exits 1 if any check fails (warnings do not fail).
+
+    Example: orderflow-ingest doctor --config /etc/orderflow/ingest.env
+    """
+    from orderflow_ingest.ops import doctor as ops
+    from orderflow_ingest.settings import SettingsError, load_settings
+
+    try:
+        settings = load_settings(config)
+    except SettingsError as error:
+        failed = ops.Check("settings", ops.FAIL, str(error))
+        typer.echo(_dump([failed.as_dict()]) if as_json else failed.line())
+        raise typer.Exit(1) from None
+    checks = ops.run_checks(settings, min_free=min_free_mb * 1024 * 1024)
+    if as_json:
+        typer.echo(_dump([check.as_dict() for check in checks]))
+    else:
+        typer.echo("\n".join(check.line() for check in checks))
+    if ops.failed(checks):
+        raise typer.Exit(1)
+
+
+# --- exporter ----------------------------------------------------------------------------
+
+
+def exporter(config: ConfigOption = None) -> None:
+    """Serve Prometheus metrics on ORDERFLOW_METRICS_LISTEN (loopback only).
+
+    Counters and histograms recorded by deliver, the milter and the jobs, plus Postfix queue
+    depth, RQ queue depth, ingest lag and free disk, read at scrape time. Refuses to listen
+    on anything but a loopback address.
+
+    Example: orderflow-ingest exporter --config /etc/orderflow/ingest.env
+    """
+    from orderflow_ingest.ops import exporter as ops
+
+    settings = settings_or_exit(config)
+    try:
+        ops.loopback_bind(settings.metrics_listen)
+    except ops.NotLoopback as error:
+        fail(f"refusing to serve metrics: {error}", EX_CONFIG)
+    sys.exit(ops.serve(settings))
+
+
+def reflow(doc: str | None) -> str:
+    """A docstring as help text: paragraphs joined into one line each (typer's rich mode
+    keeps source line breaks), indented lines (the examples) kept as they are."""
+    import inspect
+
+    out: list[str] = []
+    paragraph: list[str] = []
+    for line in inspect.cleandoc(doc or "").splitlines():
+        if line.strip() and not line.startswith(" "):
+            paragraph.append(line.strip())
+            continue
+        if paragraph:
+            out.append(" ".join(paragraph))
+            paragraph = []
+        out.append(line)
+    if paragraph:
+        out.append(" ".join(paragraph))
+    return "\n".join(out)
+
+
+def register(app: typer.Typer) -> None:
+    """Add the operator commands to the CLI."""
+    for name, function in (
+        ("reprocess", reprocess),
+        ("sweep", sweep),
+        ("show", show),
+        ("raw", raw),
+        ("queue", queue),
+        ("doctor", doctor),
+        ("exporter", exporter),
+    ):
+        app.command(name, help=reflow(function.__doc__))(function)
+    app.command("trace", help="Same as `show`: the whole story of one message.")(show)

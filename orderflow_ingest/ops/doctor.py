@@ -1,0 +1,409 @@
+"""`doctor`: is this mail host able to take orders right now? One line per check.
+
+Each check is independent and bounded in time, so one dead backend does not hide the state of
+the others. FAIL means mail is (or will be) deferred or lost until someone acts; WARN means
+something an operator should know but that does not stop intake (no RQ worker anywhere, disk
+getting full, postfix check warnings).
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import socket
+import struct
+import subprocess
+import urllib.request
+from collections.abc import Callable
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+from orderflow_ingest.settings import Settings
+
+OK, WARN, FAIL, SKIP = "ok", "warn", "fail", "skip"
+COMMAND_TIMEOUT = 20.0
+SOCKET_TIMEOUT = 5.0
+DEFAULT_MIN_FREE = 1024**3
+# /proc/net/unix flag of a listening socket (__SO_ACCEPTCON).
+SO_ACCEPTCON = 0x10000
+
+# Milter protocol (libmilter's mfdef.h): option negotiation then quit, nothing else.
+SMFIC_OPTNEG = b"O"
+SMFIC_QUIT = b"Q"
+MILTER_VERSION = 6
+MILTER_ACTIONS = 0x1FF
+MILTER_PROTOCOL = 0x1FFFFF
+
+
+@dataclass
+class Check:
+    name: str
+    status: str
+    detail: str
+
+    def as_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    def line(self) -> str:
+        return f"{self.status.upper():<4}  {self.name:<18} {self.detail}"
+
+
+def run(command: list[str], timeout: float = COMMAND_TIMEOUT) -> subprocess.CompletedProcess[str]:
+    binary = shutil.which(command[0]) or f"/usr/sbin/{command[0]}"
+    return subprocess.run(
+        [binary, *command[1:]],
+        capture_output=True,
+        text=True,
+        errors="replace",
+        timeout=timeout,
+        stdin=subprocess.DEVNULL,
+    )
+
+
+def postconf(config_dir: str, name: str) -> str:
+    result = run(["postconf", "-c", config_dir, "-h", name])
+    if result.returncode != 0:
+        raise RuntimeError(_last_line(result.stderr) or f"postconf {name} failed")
+    return result.stdout.strip()
+
+
+def _last_line(text: str) -> str:
+    lines = [line for line in text.strip().splitlines() if line.strip()]
+    return lines[-1] if lines else ""
+
+
+# --- Backends ----------------------------------------------------------------------------
+
+
+def check_database(settings: Settings) -> list[Check]:
+    from orderflow_ingest.db import connect, schema_is_current
+
+    try:
+        with connect(settings.database_url, timeout=SOCKET_TIMEOUT) as conn:
+            row = conn.execute("SELECT current_setting('server_version') AS v").fetchone()
+            current = schema_is_current(conn)
+    except Exception as error:
+        detail = f"unreachable: {_error(error)}"
+        return [Check("postgresql", FAIL, detail), Check("migrations", SKIP, "no database")]
+    version = row["v"] if row else "?"
+    migrations = (
+        Check("migrations", OK, "schema is current")
+        if current
+        else Check("migrations", FAIL, "pending migrations: run `orderflow-ingest db migrate`")
+    )
+    return [Check("postgresql", OK, f"PostgreSQL {version}"), migrations]
+
+
+def check_redis(settings: Settings) -> list[Check]:
+    from redis import Redis
+    from rq import Queue, Worker
+
+    client = Redis.from_url(
+        settings.redis_url, socket_timeout=SOCKET_TIMEOUT, socket_connect_timeout=SOCKET_TIMEOUT
+    )
+    try:
+        client.ping()
+        version = client.info("server").get("redis_version", "?")
+        workers = Worker.count(
+            connection=client, queue=Queue(settings.attachment_queue, connection=client)
+        )
+        depth = Queue(settings.attachment_queue, connection=client).count
+    except Exception as error:
+        return [
+            Check("redis", FAIL, f"unreachable: {_error(error)}"),
+            Check("rq workers", SKIP, "no redis"),
+        ]
+    finally:
+        client.close()
+    worker_check = (
+        Check("rq workers", OK, f"{workers} on {settings.attachment_queue}, {depth} queued")
+        if workers
+        else Check(
+            "rq workers",
+            WARN,
+            f"no worker on {settings.attachment_queue} anywhere ({depth} queued):"
+            " start `orderflow-ingest worker`",
+        )
+    )
+    return [Check("redis", OK, f"Redis {version}"), worker_check]
+
+
+def check_s3(settings: Settings) -> list[Check]:
+    from orderflow_ingest.storage import make_client
+
+    try:
+        client = make_client(settings)
+        client.head_bucket(Bucket=settings.s3_bucket)
+    except Exception as error:
+        return [Check("s3", FAIL, f"bucket {settings.s3_bucket}: {_error(error)}")]
+    endpoint = settings.s3_endpoint_url or "AWS"
+    return [Check("s3", OK, f"bucket {settings.s3_bucket} at {endpoint}")]
+
+
+# --- Postfix -----------------------------------------------------------------------------
+
+
+def check_postfix(settings: Settings) -> list[Check]:
+    config_dir = settings.postfix_config_dir
+    if not Path(config_dir, "main.cf").is_file():
+        return [Check("postfix", FAIL, f"no main.cf in {config_dir}")]
+    checks: list[Check] = []
+    if os.geteuid() == 0:
+        result = run(["postfix", "-c", config_dir, "check"])
+        output = (result.stdout + result.stderr).strip()
+        if result.returncode != 0:
+            checks.append(Check("postfix check", FAIL, _last_line(output) or "failed"))
+        elif output:
+            checks.append(Check("postfix check", WARN, _last_line(output)))
+        else:
+            checks.append(Check("postfix check", OK, f"{config_dir}: no problems"))
+    else:
+        checks.append(Check("postfix check", SKIP, "needs root"))
+    checks.append(_check_transport(settings))
+    checks.extend(_check_milter_config(settings))
+    return checks
+
+
+def _is_deliver_client(word: str) -> bool:
+    """`orderflow-ingest deliver`, or the client file run directly (python3 -S client.py)."""
+    return word == "deliver" or word.endswith("orderflow_ingest/pipe/client.py")
+
+
+def _option(words: list[str], name: str) -> str | None:
+    for index, word in enumerate(words[:-1]):
+        if word == name:
+            return words[index + 1]
+        if word.startswith(name + "="):
+            return word.split("=", 1)[1]
+    return None
+
+
+def _check_transport(settings: Settings) -> Check:
+    """Every ingest domain routes to a pipe(8) service of master.cf that runs `deliver`."""
+    config_dir = settings.postfix_config_dir
+    try:
+        maps = [m for m in postconf(config_dir, "transport_maps").replace(",", " ").split() if m]
+    except Exception as error:
+        return Check("transport", FAIL, f"postconf: {_error(error)}")
+    routes: list[str] = []
+    for domain in settings.ingest_domains:
+        transport = None
+        for table in maps:
+            result = run(["postmap", "-c", config_dir, "-q", domain, table])
+            if result.returncode == 0 and result.stdout.strip():
+                transport = result.stdout.strip()
+                break
+        if transport is None:
+            return Check("transport", FAIL, f"{domain}: no entry in transport_maps {maps}")
+        service = transport.split(":", 1)[0]
+        master = run(["postconf", "-c", config_dir, "-M", f"{service}/unix"])
+        entry = master.stdout.strip()
+        if not entry:
+            detail = f"{domain} -> {transport}, but master.cf has no {service}"
+            return Check("transport", FAIL, detail)
+        words = entry.split()
+        if "pipe" not in words[:8] or not any(_is_deliver_client(word) for word in words):
+            return Check(
+                "transport", FAIL, f"{domain} -> {service}, which is not the pipe to `deliver`"
+            )
+        config = _option(words, "--config")
+        if config and settings.source and Path(config) != Path(settings.source):
+            return Check(
+                "transport",
+                WARN,
+                f"the pipe reads {config}, this check read {settings.source}: are they the same?",
+            )
+        routes.append(f"{domain} -> {transport}")
+    return Check("transport", OK, ", ".join(routes) + " (pipe to deliver)")
+
+
+def postfix_milter_spec(milter_socket: str) -> str:
+    """Our milter socket setting as Postfix writes it in smtpd_milters."""
+    if milter_socket.startswith("inet:"):
+        port, _, host = milter_socket[len("inet:") :].partition("@")
+        return f"inet:{host or '127.0.0.1'}:{port}"
+    if milter_socket.startswith("unix:"):
+        return milter_socket
+    return f"unix:{milter_socket}"
+
+
+def _check_milter_config(settings: Settings) -> list[Check]:
+    config_dir = settings.postfix_config_dir
+    expected = postfix_milter_spec(settings.milter_socket)
+    try:
+        smtpd = postconf(config_dir, "smtpd_milters").replace(",", " ").split()
+        non_smtpd = postconf(config_dir, "non_smtpd_milters").replace(",", " ").split()
+        default_action = postconf(config_dir, "milter_default_action")
+    except Exception as error:
+        return [Check("milter config", FAIL, f"postconf: {_error(error)}")]
+    if expected not in smtpd:
+        return [Check("milter config", FAIL, f"{expected} is not in smtpd_milters ({smtpd})")]
+    if expected in non_smtpd:
+        return [Check("milter config", FAIL, f"{expected} is in non_smtpd_milters too")]
+    if default_action != "tempfail":
+        return [
+            Check(
+                "milter config",
+                FAIL,
+                f"milter_default_action = {default_action}: a dead milter would let mail past"
+                " its checks (or stop the SMTP service); set tempfail",
+            )
+        ]
+    return [Check("milter config", OK, f"smtpd_milters has {expected}, default action tempfail")]
+
+
+# --- Sockets -----------------------------------------------------------------------------
+
+
+def _milter_packet(command: bytes, data: bytes = b"") -> bytes:
+    return struct.pack("!I", len(data) + 1) + command + data
+
+
+def _recv_exact(sock: socket.socket, size: int) -> bytes:
+    data = b""
+    while len(data) < size:
+        chunk = sock.recv(size - len(data))
+        if not chunk:
+            raise ConnectionError("milter closed the connection")
+        data += chunk
+    return data
+
+
+def milter_handshake(spec: str, timeout: float = SOCKET_TIMEOUT) -> int:
+    """Connect, negotiate options as Postfix does, quit; returns the milter's version."""
+    postfix_spec = postfix_milter_spec(spec)
+    if postfix_spec.startswith("unix:"):
+        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        address: Any = postfix_spec[len("unix:") :]
+    else:
+        host, _, port = postfix_spec[len("inet:") :].rpartition(":")
+        sock = socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET)
+        address = (host.strip("[]"), int(port))
+    sock.settimeout(timeout)
+    with sock:
+        sock.connect(address)
+        payload = struct.pack("!III", MILTER_VERSION, MILTER_ACTIONS, MILTER_PROTOCOL)
+        sock.sendall(_milter_packet(SMFIC_OPTNEG, payload))
+        (length,) = struct.unpack("!I", _recv_exact(sock, 4))
+        reply = _recv_exact(sock, length)
+        if reply[:1] != SMFIC_OPTNEG or len(reply) < 13:
+            raise ConnectionError(f"unexpected milter reply {reply[:1]!r}")
+        (version,) = struct.unpack("!I", reply[1:5])
+        sock.sendall(_milter_packet(SMFIC_QUIT))
+    return int(version)
+
+
+def check_milter_socket(settings: Settings) -> Check:
+    try:
+        version = milter_handshake(settings.milter_socket)
+    except Exception as error:
+        return Check("milter socket", FAIL, f"{settings.milter_socket}: {_error(error)}")
+    return Check(
+        "milter socket", OK, f"{settings.milter_socket} answers (milter protocol {version})"
+    )
+
+
+def unix_socket_listening(path: str, proc_net_unix: str = "/proc/net/unix") -> bool:
+    """Whether some process listens on this unix socket path (without connecting to it)."""
+    with open(proc_net_unix, encoding="utf-8", errors="replace") as handle:
+        next(handle, None)
+        for line in handle:
+            fields = line.split()
+            if len(fields) >= 8 and fields[7] == path and int(fields[3], 16) & SO_ACCEPTCON:
+                return True
+    return False
+
+
+def check_deliver_socket(settings: Settings) -> Check:
+    """The delivery service listens. Checked in /proc rather than by connecting: a connection
+    that sends no envelope would be logged and counted as a failed delivery."""
+    path = settings.deliver_socket
+    if not os.path.exists(path):
+        return Check("deliver socket", FAIL, f"{path} does not exist: is deliver-service running?")
+    try:
+        listening = unix_socket_listening(path)
+    except OSError as error:
+        return Check("deliver socket", WARN, f"{path} exists; cannot read /proc/net/unix: {error}")
+    if not listening:
+        return Check("deliver socket", FAIL, f"{path} exists but nothing listens on it")
+    return Check("deliver socket", OK, f"{path}: deliver-service listening")
+
+
+# --- Disk and exporter -------------------------------------------------------------------
+
+
+def _bytes(value: float) -> str:
+    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
+        if abs(value) < 1024 or unit == "TiB":
+            return f"{value:.1f} {unit}" if unit != "B" else f"{int(value)} B"
+        value /= 1024
+    return str(value)
+
+
+def check_disk(name: str, path: str, min_free: int) -> Check:
+    try:
+        stat = os.statvfs(path)
+    except OSError as error:
+        return Check(name, FAIL, f"{path}: {error.strerror}")
+    free = stat.f_bavail * stat.f_frsize
+    size = stat.f_blocks * stat.f_frsize
+    percent = 100.0 * free / size if size else 0.0
+    detail = f"{path}: {_bytes(free)} free of {_bytes(size)} ({percent:.0f}%)"
+    if free < min_free:
+        return Check(name, FAIL, f"{detail}, below {_bytes(min_free)}")
+    if free < 2 * min_free or percent < 10:
+        return Check(name, WARN, f"{detail}, getting full")
+    return Check(name, OK, detail)
+
+
+def check_disks(settings: Settings, min_free: int) -> list[Check]:
+    checks = [check_disk("spool disk", settings.spool_dir, min_free)]
+    try:
+        queue_dir = postconf(settings.postfix_config_dir, "queue_directory")
+    except Exception as error:
+        checks.append(Check("postfix queue disk", FAIL, f"queue_directory: {_error(error)}"))
+        return checks
+    checks.append(check_disk("postfix queue disk", queue_dir, min_free))
+    return checks
+
+
+def check_exporter(settings: Settings) -> Check:
+    url = f"http://{settings.metrics_listen}/metrics"
+    try:
+        with urllib.request.urlopen(url, timeout=SOCKET_TIMEOUT) as response:
+            response.read(1)
+    except Exception as error:
+        return Check("exporter", WARN, f"{url}: {_error(error)} (is `exporter` running?)")
+    return Check("exporter", OK, f"{url} answers")
+
+
+def _error(error: BaseException) -> str:
+    text = str(error).strip().splitlines()
+    return f"{type(error).__name__}: {text[0][:200]}" if text else type(error).__name__
+
+
+def run_checks(settings: Settings, min_free: int = DEFAULT_MIN_FREE) -> list[Check]:
+    source = settings.source or "environment only"
+    checks = [Check("settings", OK, f"loaded from {source}")]
+    steps: list[Callable[[], list[Check] | Check]] = [
+        lambda: check_database(settings),
+        lambda: check_redis(settings),
+        lambda: check_s3(settings),
+        lambda: check_postfix(settings),
+        lambda: check_milter_socket(settings),
+        lambda: check_deliver_socket(settings),
+        lambda: check_disks(settings, min_free),
+        lambda: check_exporter(settings),
+    ]
+    for step in steps:
+        try:
+            result = step()
+        except Exception as error:  # a bug in a check must not hide the other checks
+            result = Check("doctor", FAIL, f"check crashed: {_error(error)}")
+        checks.extend(result if isinstance(result, list) else [result])
+    return checks
+
+
+def failed(checks: list[Check]) -> bool:
+    return any(check.status == FAIL for check in checks)
