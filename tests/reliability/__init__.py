@@ -1,0 +1,1 @@
+"""The full reliability suite (issue 7); see README.md here."""

@@ -1,0 +1,163 @@
+"""Our Authentication-Results header: who claims our authserv-id, building it, parsing it back.
+
+`orderflow_ingest.authresults.parse_our_verdicts` is what the delivery service stores in
+inbound_message.auth_results; these tests hold it to what the milter writes.
+"""
+
+from __future__ import annotations
+
+import pytest
+
+from orderflow_ingest.authresults import authserv_id_of, claims, parse_our_verdicts
+from orderflow_ingest.milter.authresults import header_value, indices_to_remove
+from orderflow_ingest.milter.dkim_check import DkimVerdict
+from orderflow_ingest.milter.dmarc import DmarcVerdict
+from orderflow_ingest.milter.spf_check import SpfVerdict
+
+ID = "mx.orders.test"
+
+
+@pytest.mark.parametrize(
+    ("value", "expected"),
+    [
+        (" mx.orders.test; spf=pass", "mx.orders.test"),
+        ("MX.Orders.TEST;dkim=pass", "mx.orders.test"),
+        (" (comment (nested) \\) ) mx.orders.test ; none", "mx.orders.test"),
+        ("\r\n\t mx.orders.test\r\n\t; none", "mx.orders.test"),
+        (' "mx.orders.test" ; none', "mx.orders.test"),
+        (" mx.orders.test 1; none", "mx.orders.test"),
+        (" mx.orders.test.; none", "mx.orders.test"),
+        (" mx.orders.test(comment); none", "mx.orders.test"),
+        (" mx.orders.test; garbage (((", "mx.orders.test"),
+        (" mx.orders.test.evil.test; none", "mx.orders.test.evil.test"),
+        (" ", None),
+        (" (only a comment)", None),
+    ],
+)
+def test_authserv_id_of(value: str, expected: str | None) -> None:
+    assert authserv_id_of(value) == expected
+
+
+def test_claims_is_exact_apart_from_case_and_a_final_dot() -> None:
+    assert claims(" MX.ORDERS.TEST; none", ID)
+    assert not claims(" orders.test; none", ID)
+    assert not claims(" mx.orders.test.evil; none", ID)
+    assert not claims(" xmx.orders.test; none", ID)
+
+
+def test_indices_are_highest_first() -> None:
+    assert indices_to_remove([True, False, True, True]) == [4, 3, 1]
+    assert indices_to_remove([False]) == []
+
+
+def verdicts() -> tuple[SpfVerdict, list[DkimVerdict], DmarcVerdict]:
+    spf = SpfVerdict("pass", "mailfrom", "sender.test", "a@sender.test", "mail.test", "")
+    dkim = [
+        DkimVerdict("pass", "sender.test", "s1", "rsa-sha256", "@sender.test", "AbCd+/12", None),
+        DkimVerdict("fail", "esp.test", "k", "ed25519-sha256", None, "zz", "body hash mismatch"),
+    ]
+    dmarc = DmarcVerdict("pass", "sender.test", "reject", "sender.test")
+    return spf, dkim, dmarc
+
+
+def test_built_header_parses_back_into_the_row_json() -> None:
+    spf, dkim, dmarc = verdicts()
+    value = header_value(ID, spf, dkim, dmarc)
+    assert value.startswith(" mx.orders.test;\n\tspf=pass")
+    parsed = parse_our_verdicts([value], ID)
+    assert parsed == {
+        "authserv_id": ID,
+        "spf": {"result": "pass", "smtp.mailfrom": "a@sender.test"},
+        "dkim": [
+            {
+                "result": "pass",
+                "header.d": "sender.test",
+                "header.s": "s1",
+                "header.a": "rsa-sha256",
+                "header.b": "AbCd+/12",
+            },
+            {
+                "result": "fail",
+                "reason": "body hash mismatch",
+                "header.d": "esp.test",
+                "header.s": "k",
+                "header.a": "ed25519-sha256",
+                "header.b": "zz",
+            },
+        ],
+        "dmarc": {"result": "pass", "header.from": "sender.test", "policy.dmarc": "reject"},
+    }
+
+
+def test_parser_reads_folded_values_as_the_email_package_gives_them() -> None:
+    spf, dkim, dmarc = verdicts()
+    folded = header_value(ID, spf, dkim, dmarc).replace("\n", "\r\n")
+    assert parse_our_verdicts([folded], ID) == parse_our_verdicts([folded.replace("\r\n", "")], ID)
+
+
+def test_parser_takes_only_our_header_and_the_topmost() -> None:
+    spf, dkim, dmarc = verdicts()
+    ours = header_value(ID, spf, dkim, dmarc)
+    other = " relay.example; spf=fail smtp.mailfrom=x@y.test"
+    later = f" {ID}; spf=fail smtp.mailfrom=x@y.test"
+    parsed = parse_our_verdicts([other, ours, later], ID)
+    assert parsed is not None and parsed["spf"]["result"] == "pass"
+
+
+def test_parser_returns_none_without_our_header() -> None:
+    assert parse_our_verdicts([" relay.example; spf=pass smtp.mailfrom=a@b.test"], ID) is None
+    assert parse_our_verdicts([], ID) is None
+
+
+def test_parser_marks_an_unparseable_header_of_ours() -> None:
+    assert parse_our_verdicts([f" {ID}; spf=pass (((((("], ID) == {
+        "authserv_id": ID,
+        "spf": None,
+        "dkim": [],
+        "dmarc": None,
+        "unparseable": True,
+    }
+
+
+def test_parser_keeps_other_methods_as_lists() -> None:
+    parsed = parse_our_verdicts([f" {ID}; auth=pass smtp.auth=a@b.test; dkim=none"], ID)
+    assert parsed is not None
+    assert parsed["auth"] == [{"result": "pass", "smtp.auth": "a@b.test"}]
+    assert parsed["dkim"] == [{"result": "none"}]
+
+
+def test_helo_identity_for_the_null_sender() -> None:
+    spf = SpfVerdict("none", "helo", "mail.test", None, "mail.test", "")
+    value = header_value(ID, spf, [], None)
+    assert parse_our_verdicts([value], ID) == {
+        "authserv_id": ID,
+        "spf": {"result": "none", "smtp.helo": "mail.test"},
+        "dkim": [{"result": "none"}],
+        "dmarc": None,
+    }
+
+
+@pytest.mark.parametrize(
+    ("mailfrom", "shown"),
+    [
+        ("plain.name+tag@sender.test", "plain.name+tag@sender.test"),
+        ('"quoted; dkim=pass"@sender.test', "@sender.test"),
+        ("a;dkim=pass@sender.test", "@sender.test"),
+        ("a b@sender.test", "@sender.test"),
+        ("a@bad;domain", None),
+    ],
+)
+def test_sender_controlled_values_are_sanitised(mailfrom: str, shown: str | None) -> None:
+    spf = SpfVerdict("pass", "mailfrom", "sender.test", mailfrom, "mail.test", "")
+    value = header_value(ID, spf, [], None)
+    parsed = parse_our_verdicts([value], ID)
+    assert parsed is not None
+    assert parsed["spf"].get("smtp.mailfrom") == shown
+    assert parsed["dkim"] == [{"result": "none"}]
+
+
+def test_hostile_signature_domain_is_left_out() -> None:
+    dkim = [DkimVerdict("fail", "x; dkim=pass", "s;1", "rsa-sha256", None, None, None)]
+    parsed = parse_our_verdicts([header_value(ID, None, dkim, None)], ID)
+    assert parsed is not None
+    assert parsed["dkim"] == [{"result": "fail", "header.a": "rsa-sha256"}]

@@ -1,0 +1,140 @@
+"""DNS through a real server on loopback, the time budget, organizational domains and DMARC
+records. The DNS server is tests/dns_server.py (dnslib), UDP and TCP."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator
+
+import pytest
+from dns_server import LoopbackDns
+
+from orderflow_ingest.milter.dmarc import from_domain, parse_record
+from orderflow_ingest.milter.dns import DnsBudget, DnspythonSource, DnsTempError, parse_server
+from orderflow_ingest.milter.orgdomain import PublicSuffixList, organizational_domain
+from orderflow_ingest.milter.spf_check import check_spf
+
+
+@pytest.fixture(scope="module")
+def server() -> Iterator[LoopbackDns]:
+    with LoopbackDns() as dns:
+        dns.txt("sender.test", "v=spf1 mx a:relay.sender.test -all")
+        dns.mx("sender.test", 10, "mx.sender.test")
+        dns.a("mx.sender.test", "192.0.2.20")
+        dns.a("relay.sender.test", "192.0.2.21", "2001:db8::21")
+        dns.txt(
+            "long.test", "v=spf1 " + " ".join(f"ip4:10.0.{n}.0/24" for n in range(60)) + " -all"
+        )
+        dns.cname("alias.sender.test", "mx.sender.test")
+        dns.unresponsive("dead.test")
+        dns.servfail("broken.test")
+        yield dns
+
+
+@pytest.fixture
+def source(server: LoopbackDns) -> DnspythonSource:
+    return DnspythonSource((server.server,))
+
+
+def test_records_over_udp_and_tcp(source: DnspythonSource) -> None:
+    budget = DnsBudget(source, 3)
+    assert budget.query("sender.test", "MX") == [(10, "mx.sender.test")]
+    assert budget.query("relay.sender.test", "AAAA") == ["2001:db8::21"]
+    assert budget.query("alias.sender.test", "A") == ["192.0.2.20"]
+    assert budget.query("missing.sender.test", "A") == []
+    assert budget.query("sender.test", "AAAA") == []
+    long_record = budget.txt("long.test")  # > 512 bytes: truncated over UDP, retried over TCP
+    assert len(long_record) == 1 and long_record[0].endswith(b"-all")
+
+
+def test_unresponsive_server_ends_at_the_budget(source: DnspythonSource) -> None:
+    budget = DnsBudget(source, 0.8)
+    started = time.monotonic()
+    with pytest.raises(DnsTempError):
+        budget.txt("x.dead.test")
+    assert 0.6 < time.monotonic() - started < 1.6
+    with pytest.raises(DnsTempError, match="budget"):
+        budget.txt("sender.test")  # spent: fails at once, no query sent
+
+
+def test_servfail_is_a_temporary_error(source: DnspythonSource) -> None:
+    with pytest.raises(DnsTempError):
+        DnsBudget(source, 2).txt("broken.test")
+
+
+def test_spf_over_real_dns(source: DnspythonSource) -> None:
+    assert check_spf("192.0.2.20", "a@sender.test", "h", DnsBudget(source, 3)).result == "pass"
+    assert check_spf("192.0.2.21", "a@sender.test", "h", DnsBudget(source, 3)).result == "pass"
+    assert check_spf("192.0.2.99", "a@sender.test", "h", DnsBudget(source, 3)).result == "fail"
+    assert check_spf("10.0.59.7", "a@long.test", "h", DnsBudget(source, 3)).result == "pass"
+    started = time.monotonic()
+    verdict = check_spf("192.0.2.1", "a@x.dead.test", "h", DnsBudget(source, 0.5))
+    assert verdict.result == "temperror"
+    assert time.monotonic() - started < 1.5
+
+
+def test_parse_server() -> None:
+    assert (parse_server("127.0.0.1").address, parse_server("127.0.0.1").port) == ("127.0.0.1", 53)
+    assert parse_server("127.0.0.1:5353").port == 5353
+    assert (parse_server("[::1]:5353").address, parse_server("[::1]:5353").port) == ("::1", 5353)
+    assert parse_server("::1").address == "::1"
+
+
+def test_organizational_domain_with_the_system_list() -> None:
+    assert organizational_domain("mail.example.com") == "example.com"
+    assert organizational_domain("a.b.example.co.uk") == "example.co.uk"
+    assert organizational_domain("example.co.uk") == "example.co.uk"
+    assert organizational_domain("co.uk") == "co.uk"
+    assert organizational_domain("Shop.Parent.TEST.") == "parent.test"
+
+
+def test_public_suffix_rules() -> None:
+    psl = PublicSuffixList(["// comment", "com", "*.ck", "!www.ck", "co.uk", "uk"])
+    assert organizational_domain("a.b.foo.ck", psl) == "b.foo.ck"
+    assert organizational_domain("x.www.ck", psl) == "www.ck"
+    assert organizational_domain("a.b.co.uk", psl) == "b.co.uk"
+    assert organizational_domain("a.b.example", psl) == "b.example"  # implicit * rule
+
+
+def test_dmarc_record_parsing() -> None:
+    record = parse_record(b"v=DMARC1; p=reject; sp=none; adkim=s; aspf=r; pct=50; rua=x")
+    assert record is not None
+    assert (record.p, record.sp, record.adkim, record.aspf, record.pct) == (
+        "reject",
+        "none",
+        "s",
+        "r",
+        50,
+    )
+    assert parse_record(b"v=DMARC1;p=quarantine").sp == "quarantine"  # type: ignore[union-attr]
+    assert parse_record(b"v=DMARC1; p=bogus").p == "none"  # type: ignore[union-attr]
+    assert parse_record(b"p=reject; v=DMARC1") is None
+    assert parse_record(b"v=spf1 -all") is None
+    assert parse_record(b"v=DMARC1; p=reject; pct=x").pct == 100  # type: ignore[union-attr]
+
+
+def test_from_domain() -> None:
+    assert from_domain([" Buyer <Buyer@Sender.TEST>"]) == ("sender.test", None)
+    assert from_domain([" a@x.test, b@x.test"]) == ("x.test", None)
+    assert from_domain([" a@x.test", " b@y.test"]) == (None, "more than one From domain")
+    assert from_domain([" undisclosed-recipients:;"]) == (None, "no From domain")
+    assert from_domain([]) == (None, "no From domain")
+
+
+def test_answers_are_cached_for_their_ttl_and_failures_are_not(server: LoopbackDns) -> None:
+    now = [time.time()]  # dnspython dates answers by the wall clock
+    source = DnspythonSource((server.server,), clock=lambda: now[0])
+    server.txt("cached.test", "v=spf1 -all")
+    before = len(server.queries)
+    for _ in range(5):
+        assert DnsBudget(source, 2).txt("cached.test") == [b"v=spf1 -all"]
+        assert DnsBudget(source, 2).txt("nothing-here.test") == []
+    assert len(server.queries) - before == 2  # one each; the rest from the cache
+    with pytest.raises(DnsTempError):
+        DnsBudget(source, 2).txt("broken.test")
+    with pytest.raises(DnsTempError):
+        DnsBudget(source, 2).txt("broken.test")
+    assert server.queries[-2:] == [("broken.test", "TXT")] * 2  # a failure is asked again
+    now[0] += 3600  # beyond the 60 s TTL of the test server: asked again
+    DnsBudget(source, 2).txt("cached.test")
+    assert server.queries[-1] == ("cached.test", "TXT")
