@@ -65,25 +65,32 @@ def parse_field(field: str | bytes) -> tuple[str, dict[str, str]]:
     return name, labels
 
 
-def _add(field: str, amount: float) -> None:
+def _add(*increments: tuple[str, float]) -> None:
+    # One lock for all of a histogram's series, so a flush never splits an observation
+    # (a scrape must never see bucket{le="+Inf"} differ from _count).
     with _lock:
-        if field in _pending or len(_pending) < MAX_PENDING_FIELDS:
-            _pending[field] += amount
+        for field, amount in increments:
+            if field in _pending or len(_pending) < MAX_PENDING_FIELDS:
+                _pending[field] += amount
 
 
 def count(name: str, amount: float = 1, **labels: Any) -> None:
     """Add to a counter (names end in _total)."""
-    _add(field_name(name, labels), amount)
+    _add((field_name(name, labels), amount))
 
 
 def observe(name: str, value: float, **labels: Any) -> None:
     """Record one observation of a histogram declared in HISTOGRAMS."""
-    for bound in HISTOGRAMS[name]:
-        if value <= bound:
-            _add(field_name(name + "_bucket", {**labels, "le": bound}), 1)
-    _add(field_name(name + "_bucket", {**labels, "le": "+Inf"}), 1)
-    _add(field_name(name + "_sum", labels), value)
-    _add(field_name(name + "_count", labels), 1)
+    bucket = name + "_bucket"
+    increments = [
+        (field_name(bucket, {**labels, "le": bound}), 1.0)
+        for bound in HISTOGRAMS[name]
+        if value <= bound
+    ]
+    increments.append((field_name(bucket, {**labels, "le": "+Inf"}), 1.0))
+    increments.append((field_name(name + "_sum", labels), value))
+    increments.append((field_name(name + "_count", labels), 1.0))
+    _add(*increments)
 
 
 @contextmanager
@@ -129,8 +136,7 @@ def flush() -> bool:
         pipe.execute()
         return True
     except Exception:
-        for field, amount in batch.items():
-            _add(field, amount)
+        _add(*batch.items())
         return False
 
 

@@ -145,6 +145,62 @@ def test_histograms_render_cumulative_buckets_sum_and_count() -> None:
     assert buckets == sorted(buckets)  # monotonic, as Prometheus requires
 
 
+class _RecordingRedis:
+    """Stands in for Redis in this unit test only: keeps each flushed batch apart."""
+
+    def __init__(self) -> None:
+        self.batches: list[dict[str, float]] = []
+
+    def pipeline(self, transaction: bool = False) -> Any:
+        batch: dict[str, float] = {}
+        outer = self
+
+        class Pipeline:
+            def hincrbyfloat(self, key: str, field: str, amount: float) -> None:
+                batch[field] = batch.get(field, 0.0) + amount
+
+            def execute(self) -> None:
+                outer.batches.append(batch)
+
+        return Pipeline()
+
+
+def test_a_flush_never_splits_one_histogram_observation() -> None:
+    """The delivery service flushes from a thread while its workers observe: every batch
+    must hold whole observations, or a scrape shows bucket{le="+Inf"} != _count."""
+    import threading
+
+    name = "orderflow_delivery_seconds"
+    fake = _RecordingRedis()
+    saved = dict(metrics._pending)
+    metrics._pending.clear()
+    metrics.configure(fake, flush_interval=None)
+    stop = threading.Event()
+
+    def flush_continuously() -> None:
+        while not stop.is_set():
+            metrics.flush()
+
+    flusher = threading.Thread(target=flush_continuously)
+    flusher.start()
+    try:
+        for _ in range(20_000):
+            metrics.observe(name, 0.02)
+    finally:
+        stop.set()
+        flusher.join()
+        metrics.flush()
+        metrics.configure(None, flush_interval=None)
+        metrics._pending.clear()
+        metrics._pending.update(saved)
+    inf = metrics.field_name(name + "_bucket", {"le": "+Inf"})
+    total = metrics.field_name(name + "_count", {})
+    assert len(fake.batches) > 1  # the flusher really ran between observations
+    assert sum(batch.get(total, 0.0) for batch in fake.batches) == 20_000
+    for batch in fake.batches:
+        assert batch.get(inf, 0.0) == batch.get(total, 0.0)
+
+
 def test_histogram_with_labels_and_a_lost_bucket_stays_monotonic() -> None:
     name = "orderflow_s3_put_seconds"
     values = _hash(("observe", name, 0.02, {"op": "raw"}), ("observe", name, 0.02, {"op": "raw"}))
