@@ -374,7 +374,11 @@ def host(make_stack: Callable[..., Any]) -> Iterator[Host]:
     logs.mkdir()
     source = work / "src"
     shutil.copytree(REPO, source, ignore=SNAPSHOT_IGNORE, symlinks=True)
-    saved = {name: (POSTFIX_DIR / name).read_bytes() for name in ("main.cf", "master.cf")}
+    # Debian's "No configuration" install (scripts/install-system-deps) has no main.cf at all.
+    saved = {
+        name: (POSTFIX_DIR / name).read_bytes() if (POSTFIX_DIR / name).exists() else None
+        for name in ("main.cf", "master.cf")
+    }
     transport_existed = (POSTFIX_DIR / "orderflow_transport").exists()
     postfix_was_running = postfix("status").returncode == 0
     smtp_port = 2525 if port_is_free(2525) else free_ports(1)[0]
@@ -441,7 +445,10 @@ def host(make_stack: Callable[..., Any]) -> Iterator[Host]:
         if postfix_started:
             subprocess.run(["/usr/sbin/postmulti", "-i", "-", "-p", "stop"], check=False)
         for name, content in saved.items():
-            (POSTFIX_DIR / name).write_bytes(content)
+            if content is None:
+                (POSTFIX_DIR / name).unlink(missing_ok=True)
+            else:
+                (POSTFIX_DIR / name).write_bytes(content)
         if not transport_existed:
             (POSTFIX_DIR / "orderflow_transport").unlink(missing_ok=True)
         if postfix_was_running:
@@ -519,8 +526,9 @@ def test_virtualenv_is_world_readable_and_byte_compiled(host: Host) -> None:
 
 
 def deliver_client() -> str:
-    """The pipe client's file in the provisioned virtualenv (pipe(8) runs it under -S)."""
-    (client,) = VENV.glob("lib/python3*/site-packages/orderflow_ingest/pipe/client.py")
+    """The compiled pipe client in the provisioned virtualenv (what pipe(8) runs)."""
+    client = VENV / "bin" / "orderflow-deliver"
+    assert mode_owner(client) == ("0o755", "root", "root")
     return str(client)
 
 
@@ -550,7 +558,7 @@ def test_postfix_has_exactly_the_settings_of_postfix_config(host: Host) -> None:
         "smtpd_listen": f"127.0.0.1:{host.smtp_port}",
         "pipe_concurrency": "8",
         "pipe_user": "orderflow",
-        "deliver_command": f"{VENV}/bin/python3 -E -s -S {deliver_client()}",
+        "deliver_command": deliver_client(),
         "config_file": str(CONFIG),
     }
     live = {}
