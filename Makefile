@@ -3,13 +3,15 @@ PYTHON_SYSTEM ?= /usr/bin/python3
 VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
+# The pipe client pipe(8) runs per message, compiled from orderflow_ingest/pipe/deliver.c.
+CLIENT := $(VENV)/bin/orderflow-deliver
 
 .PHONY: demo test lint bench reliability system-deps venv clean ansible-test
 
-demo: system-deps $(STAMP)
+demo: system-deps $(STAMP) $(CLIENT)
 	$(PY) -m orderflow_ingest.devstack.demo
 
-test: system-deps $(STAMP)
+test: system-deps $(STAMP) $(CLIENT)
 	$(VENV)/bin/pytest -q $(PYTEST_ARGS)
 
 lint: $(STAMP)
@@ -17,12 +19,12 @@ lint: $(STAMP)
 	$(VENV)/bin/ruff format --check orderflow_ingest tests bench
 	$(VENV)/bin/mypy
 
-bench: system-deps $(STAMP)
+bench: system-deps $(STAMP) $(CLIENT)
 	$(PY) bench/ingest_throughput.py
 	$(PY) bench/extract_memory.py
 	$(PY) bench/milter_throughput.py
 
-reliability: system-deps $(STAMP)
+reliability: system-deps $(STAMP) $(CLIENT)
 	$(VENV)/bin/pytest -q -m reliability tests/reliability
 
 system-deps:
@@ -32,13 +34,13 @@ system-deps:
 # /etc/postfix, /opt, users): tests/test_ansible_*.py. Ansible gets its own venv, its pins
 # stay out of the project's.
 ANSIBLE_VENV ?= .venv-ansible
-ansible-test: system-deps $(STAMP)
+ansible-test: system-deps $(STAMP) $(CLIENT)
 	test -x $(ANSIBLE_VENV)/bin/python || $(PYTHON_SYSTEM) -m venv $(ANSIBLE_VENV)
 	$(ANSIBLE_VENV)/bin/python -m pip install -q -r ansible/requirements-dev.txt
 	TEST_ANSIBLE_APPLY=1 ANSIBLE_TOOLS_BIN=$(CURDIR)/$(ANSIBLE_VENV)/bin \
 		$(VENV)/bin/pytest -q tests/test_ansible_role.py tests/test_ansible_apply.py
 
-venv: $(STAMP)
+venv: $(STAMP) $(CLIENT)
 
 # The virtualenv comes from the system Python and lives in the checkout: pipe(8) runs
 # `deliver` as an unprivileged user, so it must be world-readable and byte-compiled.
@@ -48,6 +50,9 @@ $(STAMP): pyproject.toml
 	$(PY) -m pip install -q -e '.[dev]'
 	$(PY) -m compileall -q orderflow_ingest
 	touch $(STAMP)
+
+$(CLIENT): orderflow_ingest/pipe/deliver.c $(STAMP)
+	$(VENV)/bin/orderflow-ingest build-deliver
 
 clean:
 	rm -rf $(VENV) $(ANSIBLE_VENV) .devstack .pytest_cache .mypy_cache .ruff_cache

@@ -28,6 +28,7 @@ from pathlib import Path
 
 from orderflow_ingest.db import connect
 from orderflow_ingest.devstack.stack import Stack, StackOptions
+from orderflow_ingest.pipe.build import client_path
 
 POSTCONF = "/usr/sbin/postconf"
 POSTFIX = "/usr/sbin/postfix"
@@ -118,8 +119,8 @@ def run_load(
 
 
 def deliver_cpu_per_message(stack: Stack, count: int, size: int) -> float:
-    """CPU seconds (user + system) of one `deliver` process, averaged over `count` runs."""
-    script = Path(sys.prefix) / "bin" / "orderflow-ingest"
+    """CPU seconds (user + system) of one `deliver` process, averaged over `count` runs: the
+    compiled client itself, as pipe(8) runs it (not the `orderflow-ingest deliver` wrapper)."""
     body = ("x" * 76 + "\r\n") * (size // 78)
     before = resource.getrusage(resource.RUSAGE_CHILDREN)
     for index in range(count):
@@ -129,8 +130,7 @@ def deliver_cpu_per_message(stack: Stack, count: int, size: int) -> float:
         ).encode()
         subprocess.run(
             [
-                str(script),
-                "deliver",
+                str(client_path()),
                 "--config",
                 str(stack.config_path),
                 "--sender",

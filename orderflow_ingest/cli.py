@@ -1,7 +1,7 @@
 """The `orderflow-ingest` command line: every long-running part, the database and the orgs.
 
-`deliver` is not here: pipe(8) runs it once per message, so entry.py sends it to the
-stdlib-only pipe client before typer is imported.
+`deliver` is not here: it is the compiled pipe client (pipe/deliver.c) that pipe(8) runs once
+per message; entry.py execs it before typer is imported.
 """
 
 from __future__ import annotations
@@ -145,6 +145,29 @@ def deliver_service(config: ConfigOption = None) -> None:
     from orderflow_ingest.pipe.service import serve
 
     sys.exit(serve(settings_or_exit(config)))
+
+
+@app.command("build-deliver")
+def build_deliver(
+    output: Annotated[
+        str | None, typer.Option(help="Where to write it (default: beside this python3).")
+    ] = None,
+) -> None:
+    """Compile the pipe client that pipe(8) runs per message (needs a C compiler).
+
+    Prints `changed PATH` or `unchanged PATH` (the Ansible role reads which).
+    Example: orderflow-ingest build-deliver
+    """
+    from pathlib import Path
+
+    from orderflow_ingest.pipe.build import BuildError, build, client_path
+
+    target = Path(output) if output else client_path()
+    try:
+        changed = build(target)
+    except BuildError as error:
+        fail(str(error))
+    typer.echo(f"{'changed' if changed else 'unchanged'} {target}")
 
 
 # The jobs package's commands (orderflow_ingest/jobs/command.py): the RQ worker, and inspect.

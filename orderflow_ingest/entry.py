@@ -1,19 +1,31 @@
 """The `orderflow-ingest` console script.
 
-`deliver` runs once per message under pipe(8), so it must not pay for typer, boto3 or psycopg:
-it is dispatched to the stdlib-only pipe client before anything else is imported.
+`deliver` is the compiled pipe client (pipe/deliver.c, installed beside python3 as
+`orderflow-deliver`): pipe(8) runs that binary directly, and `orderflow-ingest deliver` execs it,
+so people and tests run the very program Postfix runs, without typer, boto3 or psycopg.
 """
 
 from __future__ import annotations
 
+import os
 import sys
+
+EX_TEMPFAIL = 75
+
+
+def deliver(args: list[str]) -> int:
+    client = os.path.join(sys.prefix, "bin", "orderflow-deliver")
+    try:
+        os.execv(client, [client, *args])
+    except OSError:
+        # Not built (`orderflow-ingest build-deliver`): defer like the client itself would.
+        sys.stdout.write("temporary failure (transport misconfigured)\n")
+    return EX_TEMPFAIL
 
 
 def main() -> int:
     if len(sys.argv) > 1 and sys.argv[1] == "deliver":
-        from orderflow_ingest.pipe.client import main as deliver_main
-
-        return deliver_main(sys.argv[2:])
+        return deliver(sys.argv[2:])
     from orderflow_ingest.cli import app
 
     app()

@@ -1,105 +1,281 @@
-"""The per-message client: argument handling and its failure behaviour (pipe(8) contract)."""
+"""The per-message client pipe(8) runs (pipe/deliver.c, compiled): its arguments, settings,
+wire format and every answer it can give, against a real unix-socket listener that speaks the
+service's side of pipe/protocol.py. The pipe(8) contract: 0 and 67 only when the service said
+so, 75 for everything else, never a traceback, path or errno in what it prints."""
+
+from __future__ import annotations
 
 import os
+import socket
 import subprocess
 import sys
+import threading
+import time
+from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
-from orderflow_ingest.pipe.client import UsageError, parse_args
+from orderflow_ingest.pipe.build import build, client_path
+from orderflow_ingest.pipe.protocol import parse_envelope
+
+BODY = b"Subject: x\r\n\r\nbody\r\n"
 
 
-def test_recipient_after_double_dash_is_never_an_option() -> None:
-    options = parse_args(["--sender", "a@b", "--queue-id", "Q1", "--", "--config"])
-    assert options["recipient"] == "--config"
-    assert options["sender"] == "a@b"
+@pytest.fixture(scope="module")
+def client(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Compiled from the checkout's source for this module, as `orderflow-ingest build-deliver`
+    does, so a stale binary in the virtualenv cannot hide a change to deliver.c."""
+    output = tmp_path_factory.mktemp("client") / "orderflow-deliver"
+    build(output)
+    return output
 
 
-def test_null_sender_is_allowed() -> None:
-    assert parse_args(["--sender", "", "--", "orders+acme@x"])["sender"] == ""
+class FakeService:
+    """The service's side of one connection: read everything, then answer `reply`
+    (None: close without an answer; "hang": never answer)."""
+
+    def __init__(self, path: Path, reply: bytes | str | None = b"0 delivered\n"):
+        self.path = path
+        self.reply = reply
+        self.received = b""
+        self.listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        self.listener.bind(str(path))
+        self.listener.listen(4)
+        self.thread = threading.Thread(target=self._serve, daemon=True)
+        self.thread.start()
+
+    def _serve(self) -> None:
+        try:
+            conn, _ = self.listener.accept()
+        except OSError:  # closed by the test without a client ever connecting
+            return
+        with conn:
+            while chunk := conn.recv(65536):
+                self.received += chunk
+            if self.reply == "hang":
+                time.sleep(30)
+            elif isinstance(self.reply, bytes):
+                conn.sendall(self.reply)
+
+    def envelope(self) -> tuple[tuple[str, str, str], bytes]:
+        parsed = parse_envelope(self.received)
+        assert parsed is not None, self.received[:100]
+        return parsed
+
+    def close(self) -> None:
+        self.listener.close()
+
+
+@pytest.fixture
+def service(tmp_path: Path) -> Iterator[Any]:
+    started: list[FakeService] = []
+
+    def start(reply: bytes | str | None = b"0 delivered\n") -> FakeService:
+        fake = FakeService(tmp_path / f"deliver{len(started)}.sock", reply)
+        started.append(fake)
+        return fake
+
+    yield start
+    for fake in started:
+        fake.close()
+
+
+def run(
+    client: Path,
+    args: list[str],
+    env: dict[str, str] | None = None,
+    body: bytes = BODY,
+    timeout: float = 30,
+) -> subprocess.CompletedProcess[bytes]:
+    return subprocess.run(
+        [str(client), *args],
+        input=body,
+        capture_output=True,
+        env=env if env is not None else {},
+        timeout=timeout,
+        check=False,
+    )
+
+
+def config_for(tmp_path: Path, socket_path: Path, timeout: str = "30") -> Path:
+    config = tmp_path / "ingest.env"
+    config.write_text(
+        "# as the role writes it\n"
+        f"export ORDERFLOW_DELIVER_SOCKET='{socket_path}'\n"
+        f'ORDERFLOW_DELIVER_TIMEOUT = "{timeout}"\n'
+        "ORDERFLOW_INGEST_DOMAINS=orderflow.test\n"
+    )
+    return config
+
+
+def assert_clean(result: subprocess.CompletedProcess[bytes], tmp_path: Path) -> None:
+    output = result.stdout + result.stderr
+    assert b"Traceback" not in output
+    assert str(tmp_path).encode() not in output
+    assert result.stderr == b""
+
+
+def test_delivered_is_silent_and_the_envelope_and_message_arrive_intact(
+    client: Path, service: Any, tmp_path: Path
+) -> None:
+    fake = service()
+    config = config_for(tmp_path, fake.path)
+    body = BODY + bytes(range(256)) * 1000  # binary, NUL bytes, more than one 64 KiB chunk
+    result = run(
+        client,
+        ["--config", str(config), "--sender", "a@b.example", "--queue-id", "4Q1", "--", "x@y"],
+        body=body,
+    )
+    assert (result.returncode, result.stdout, result.stderr) == (0, b"", b"")
+    assert fake.envelope() == (("a@b.example", "x@y", "4Q1"), body)
+
+
+@pytest.mark.parametrize(
+    ("sender", "recipient"),
+    [
+        ("", "orders+acme@orderflow.test"),  # the null sender (bounces)
+        ("-a b\t;$(x)@y", "--config"),  # after `--` nothing is an option
+        ("müller@bücher.example", "orders+ACME@orderflow.test"),  # UTF-8, case kept
+        ("x" * 1000 + "@y", "-orders+acme@orderflow.test"),
+    ],
+)
+def test_awkward_addresses_round_trip(
+    client: Path, service: Any, tmp_path: Path, sender: str, recipient: str
+) -> None:
+    fake = service()
+    config = config_for(tmp_path, fake.path)
+    result = run(client, ["--config", str(config), "--sender", sender, "--", recipient])
+    assert result.returncode == 0, result.stdout
+    assert fake.envelope() == ((sender, recipient, ""), BODY)
+
+
+@pytest.mark.parametrize(
+    ("reply", "status", "printed"),
+    [
+        (b"67 unknown recipient orders+nope\n", 67, b"unknown recipient orders+nope\n"),
+        (b"75 temporary failure (storage), try again later\n", 75, b"temporary failure"),
+        (b"64 what the client never relays\n", 75, b"temporary failure, try again later\n"),
+        (b"1 bounce me\n", 75, b"temporary failure, try again later\n"),
+        (b"garbled\n", 75, b"garbled reply from delivery service\n"),
+        (b"0 delivered", 75, b"delivery service unavailable"),  # no newline: answer cut off
+        (None, 75, b"delivery service unavailable"),  # closed without an answer
+        (b"67 tab\tand\x1b[31m escapes\n", 67, b"tab?and?[31m escapes\n"),
+    ],
+)
+def test_only_the_services_0_67_and_75_pass_everything_else_defers(
+    client: Path,
+    service: Any,
+    tmp_path: Path,
+    reply: bytes | None,
+    status: int,
+    printed: bytes,
+) -> None:
+    fake = service(reply)
+    config = config_for(tmp_path, fake.path)
+    result = run(client, ["--config", str(config), "--sender", "a@b", "--", "x@y"])
+    assert result.returncode == status
+    assert printed in result.stdout
+    assert_clean(result, tmp_path)
 
 
 @pytest.mark.parametrize(
     "argv",
     [
         [],
-        ["--sender", "a"],
-        ["--", "r"],
-        ["--sender", "a", "--", "r1", "r2"],
-        ["--bogus", "x", "--", "r"],
+        ["--sender"],
+        ["--sender", "a@b"],  # no `--`
+        ["--sender", "a@b", "--"],  # no recipient
+        ["--sender", "a@b", "--", "x@y", "z@y"],  # one recipient per delivery
+        ["--", "x@y"],  # no --sender
+        ["--sender", "a@b", "--bogus", "1", "--", "x@y"],
     ],
 )
-def test_bad_arguments_are_usage_errors(argv: list[str]) -> None:
-    with pytest.raises(UsageError):
-        parse_args(argv)
+def test_usage_errors_defer_rather_than_bounce(
+    client: Path, service: Any, tmp_path: Path, argv: list[str]
+) -> None:
+    fake = service()
+    env = {"ORDERFLOW_DELIVER_SOCKET": str(fake.path)}
+    result = run(client, argv, env)
+    assert result.returncode == 75
+    assert result.stdout == b"temporary failure (transport misconfigured)\n"
+    assert fake.received == b""
 
 
-def run_deliver(args: list[str], env: dict[str, str]) -> subprocess.CompletedProcess[bytes]:
+def test_service_down_defers_with_a_short_text(client: Path, tmp_path: Path) -> None:
+    config = config_for(tmp_path, tmp_path / "absent.sock")
+    result = run(client, ["--config", str(config), "--sender", "a@b", "--", "x@y"])
+    assert result.returncode == 75
+    assert result.stdout == b"temporary failure (delivery service unavailable), try again later\n"
+    assert_clean(result, tmp_path)
+
+
+@pytest.mark.parametrize(
+    "config_text",
+    [
+        None,  # --config names a file that is not there
+        "ORDERFLOW_DELIVER_TIMEOUT=soon\n",
+        "ORDERFLOW_DELIVER_TIMEOUT=-1\n",
+        "ORDERFLOW_DELIVER_SOCKET=/" + "x" * 200 + "\n",  # longer than a unix socket path
+    ],
+)
+def test_broken_settings_defer(client: Path, tmp_path: Path, config_text: str | None) -> None:
+    config = tmp_path / "ingest.env"
+    if config_text is not None:
+        config.write_text(config_text)
+    result = run(client, ["--config", str(config), "--sender", "a@b", "--", "x@y"])
+    assert result.returncode == 75
+    assert result.stdout == b"temporary failure (transport misconfigured)\n"
+    assert_clean(result, tmp_path)
+
+
+def test_the_environment_wins_over_the_file_and_orderflow_config_names_it(
+    client: Path, service: Any, tmp_path: Path
+) -> None:
+    fake = service()
+    config = config_for(tmp_path, tmp_path / "absent.sock")
+    env = {"ORDERFLOW_CONFIG": str(config), "ORDERFLOW_DELIVER_SOCKET": str(fake.path)}
+    result = run(client, ["--sender", "a@b", "--", "x@y"], env)
+    assert result.returncode == 0, result.stdout
+    # Without the override the file's (absent) socket is used: the file was read.
+    del env["ORDERFLOW_DELIVER_SOCKET"]
+    result = run(client, ["--sender", "a@b", "--", "x@y"], env)
+    assert result.returncode == 75
+
+
+def test_a_service_that_never_answers_defers_at_the_deadline(
+    client: Path, service: Any, tmp_path: Path
+) -> None:
+    fake = service("hang")
+    config = config_for(tmp_path, fake.path, timeout="1")
+    started = time.monotonic()
+    result = run(client, ["--config", str(config), "--sender", "a@b", "--", "x@y"], timeout=20)
+    assert result.returncode == 75
+    assert result.stdout == b"temporary failure (deadline), try again later\n"
+    assert time.monotonic() - started < 5
+
+
+def test_orderflow_ingest_deliver_runs_the_installed_client(service: Any, tmp_path: Path) -> None:
+    """`orderflow-ingest deliver` execs the binary pipe(8) runs; without it, 75."""
+    assert client_path().is_file(), "make venv builds it"
+    fake = service()
     script = Path(sys.executable).parent / "orderflow-ingest"
-    return subprocess.run(
-        [str(script), "deliver", *args],
-        input=b"Subject: x\r\n\r\nbody\r\n",
-        capture_output=True,
-        env=env,
-        timeout=30,
-        check=False,
-    )
-
-
-def test_service_down_defers_with_a_short_text_and_no_traceback(tmp_path: Path) -> None:
-    config = tmp_path / "ingest.env"
-    config.write_text(f"ORDERFLOW_DELIVER_SOCKET={tmp_path}/absent.sock\n")
-    result = run_deliver(
-        ["--config", str(config), "--sender", "a@b.example", "--", "orders+acme@x.example"],
-        {"PATH": os.environ["PATH"]},
-    )
-    assert result.returncode == 75
-    output = result.stdout + result.stderr
-    assert b"Traceback" not in output and str(tmp_path).encode() not in output
-    assert b"temporary failure" in result.stdout
-
-
-def test_usage_error_defers_rather_than_bounces(tmp_path: Path) -> None:
-    result = run_deliver(["--sender"], {"PATH": os.environ["PATH"]})
-    assert result.returncode == 75
-    assert b"Traceback" not in result.stdout + result.stderr
-
-
-def test_broken_config_defers(tmp_path: Path) -> None:
-    config = tmp_path / "ingest.env"
-    config.write_text("this is not a setting\n")
-    result = run_deliver(
-        ["--config", str(config), "--sender", "a@b", "--", "orders+acme@x"],
-        {"PATH": os.environ["PATH"]},
-    )
-    assert result.returncode == 75
-    assert str(tmp_path).encode() not in result.stdout + result.stderr
-
-
-def test_envelope_framing_round_trips_awkward_addresses() -> None:
-    from orderflow_ingest.pipe.protocol import format_envelope, parse_envelope
-
-    for sender, recipient in [("", "orders+acme@x"), ("-a b\t;$(x)@y", "orders+acme@x\n")]:
-        framed = format_envelope(sender, recipient, "QID") + b"From: x\r\n"
-        assert parse_envelope(framed[:3]) is None
-        parsed = parse_envelope(framed)
-        assert parsed == ((sender, recipient, "QID"), b"From: x\r\n")
-
-
-def test_run_as_a_file_without_site_and_broken_install_defers(tmp_path: Path) -> None:
-    """pipe(8) runs `python3 -E -s -S .../pipe/client.py`; a copy without its package around it
-    (a broken installation) must still answer 75 with no traceback."""
-    lonely = tmp_path / "orderflow_ingest" / "pipe" / "client.py"
-    lonely.parent.mkdir(parents=True)
-    lonely.write_bytes((Path(__file__).parents[1] / "orderflow_ingest/pipe/client.py").read_bytes())
     result = subprocess.run(
-        [sys.executable, "-E", "-s", "-S", str(lonely), "--sender", "a@b", "--", "orders+acme@x"],
-        input=b"Subject: x\r\n\r\nbody\r\n",
+        [str(script), "deliver", "--sender", "a@b", "--", "x@y"],
+        input=BODY,
         capture_output=True,
-        env={},
+        env={"ORDERFLOW_DELIVER_SOCKET": str(fake.path), "PATH": os.environ["PATH"]},
         timeout=30,
         check=False,
     )
-    assert result.returncode == 75
-    assert b"Traceback" not in result.stdout + result.stderr
+    assert result.returncode == 0, result.stdout
+    assert fake.envelope() == (("a@b", "x@y", ""), BODY)
+    missing = subprocess.run(
+        [sys.executable, "-c",
+         "import sys; sys.prefix = sys.argv[1]; from orderflow_ingest.entry import deliver;"
+         " sys.exit(deliver(['--sender', 'a@b', '--', 'x@y']))", str(tmp_path)],
+        capture_output=True, timeout=30, check=False,
+    )  # fmt: skip
+    assert missing.returncode == 75
+    assert missing.stdout == b"temporary failure (transport misconfigured)\n"

@@ -18,11 +18,11 @@ from typing import Any
 import psycopg
 import pytest
 
-import orderflow_ingest.pipe.client
 from orderflow_ingest.devstack.errors import StackError
 from orderflow_ingest.devstack.processes import ProcessRef
 from orderflow_ingest.devstack.stack import Stack, StackOptions
 from orderflow_ingest.devstack.templates import MAIN_CF_LINE, postfix_config_dir
+from orderflow_ingest.pipe.build import client_path
 
 pytestmark = pytest.mark.stack
 
@@ -168,10 +168,11 @@ def test_postfix_runs_the_shipped_main_cf(stack: Stack) -> None:
 
 def test_pipe_transport_is_the_shipped_master_cf(stack: Stack) -> None:
     master = (stack.postfix_config_dir / "master.cf").read_text()
-    deliver_client = Path(orderflow_ingest.pipe.client.__file__).resolve()
     assert "orderflow unix" in master
     assert f"user={stack.options.service_user} " in master
-    assert f"-E -s -S {deliver_client} --config {stack.config_path} --sender ${{sender}}" in master
+    client = client_path()
+    assert f"argv={client} --config {stack.config_path} --sender ${{sender}}" in master
+    assert client.stat().st_mode & 0o777 == 0o755  # the pipe user runs it
     assert "-- ${original_recipient}" in master
     transport = (stack.postfix_config_dir / "orderflow_transport").read_text()
     assert "orderflow.test    orderflow:" in transport

@@ -13,7 +13,6 @@ what ships. Facts this module depends on (Postfix 3.7):
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import shutil
 import socket
@@ -22,9 +21,10 @@ from pathlib import Path
 from typing import Any
 
 from orderflow_ingest.devstack import accounts
-from orderflow_ingest.devstack.component import Component, venv_bin
+from orderflow_ingest.devstack.component import Component
 from orderflow_ingest.devstack.processes import ProcessRef, listens_on, wait_until
 from orderflow_ingest.devstack.templates import merge_main_cf, render_file
+from orderflow_ingest.pipe.build import ensure_built
 
 POSTFIX = "/usr/sbin/postfix"
 POSTQUEUE = "/usr/sbin/postqueue"
@@ -233,10 +233,8 @@ class Postfix(Component):
 
 
 def deliver_command() -> str:
-    """What pipe(8) runs: the stdlib-only client as a file, without site initialisation."""
-    spec = importlib.util.find_spec("orderflow_ingest.pipe.client")
-    assert spec is not None and spec.origin is not None
-    return f"{venv_bin('python3')} -E -s -S {Path(spec.origin).resolve()}"
+    """What pipe(8) runs: the compiled client, built first if missing or out of date."""
+    return str(ensure_built())
 
 
 def _banner(port: int) -> bool:

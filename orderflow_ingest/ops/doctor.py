@@ -166,8 +166,8 @@ def check_postfix(settings: Settings) -> list[Check]:
 
 
 def _is_deliver_client(word: str) -> bool:
-    """`orderflow-ingest deliver`, or the client file run directly (python3 -S client.py)."""
-    return word == "deliver" or word.endswith("orderflow_ingest/pipe/client.py")
+    """`orderflow-ingest deliver`, or the compiled client it execs (what pipe(8) runs)."""
+    return word == "deliver" or word.endswith("/orderflow-deliver")
 
 
 def _option(words: list[str], name: str) -> str | None:

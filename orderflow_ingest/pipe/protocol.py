@@ -1,9 +1,9 @@
 """The local wire format between the per-message `deliver` client and the delivery service.
 
-The client sends a length line, then the envelope fields separated by NUL (argv strings cannot
-hold a NUL, so no escaping is needed), then the raw message until it shuts down its sending
-side. The service answers one line: ``<exit status> <short text>``. No json, no re: this module
-is imported once per delivered message.
+The client (pipe/deliver.c, which writes this format in C) sends a length line, then the
+envelope fields separated by NUL (argv strings cannot hold a NUL, so no escaping is needed),
+then the raw message until it shuts down its sending side. The service answers one line:
+``<exit status> <short text>``.
 """
 
 from __future__ import annotations
@@ -11,11 +11,6 @@ from __future__ import annotations
 MAX_ENVELOPE = 64 * 1024
 CHUNK = 64 * 1024
 VERSION = "OFI1"
-
-
-def format_envelope(sender: str, recipient: str, queue_id: str) -> bytes:
-    payload = "\0".join((VERSION, sender, recipient, queue_id)).encode("utf-8", "surrogateescape")
-    return b"%d\n" % len(payload) + payload
 
 
 def parse_envelope(buffer: bytes) -> tuple[tuple[str, str, str], bytes] | None:
@@ -38,11 +33,3 @@ def parse_envelope(buffer: bytes) -> tuple[tuple[str, str, str], bytes] | None:
 
 def format_reply(status: int, text: str) -> bytes:
     return f"{status} {text}\n".encode("ascii", "replace")
-
-
-def parse_reply(line: bytes) -> tuple[int, str]:
-    """(status, text); a garbled reply is a temporary failure, never a bounce."""
-    status, _, text = line.decode("ascii", "replace").strip().partition(" ")
-    if not status.isdigit():
-        return 75, "garbled reply from delivery service"
-    return int(status), text
