@@ -76,6 +76,9 @@ class Context:
         with self._lock:
             self.state.processes[name] = ref.as_dict()
             if popen is not None:
+                previous = self.children.get(name)
+                if previous is not None and previous is not popen:
+                    previous.poll()  # reap a predecessor that died on its own (no zombie)
                 self.children[name] = popen
         self.save()
 

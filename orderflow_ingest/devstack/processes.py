@@ -190,8 +190,10 @@ def terminate(
         if not wait_until(lambda: not ref.alive() or _reaped(popen), timeout, 0.05):
             _signal(ref.pid, signal.SIGKILL, group)
             wait_until(lambda: not ref.alive() or _reaped(popen), 5, 0.05)
-    elif group:
-        # The leader is gone; its group may not be (a worker's work horse).
+    elif group and process_start_time(ref.pid) in (None, ref.start_time):
+        # The leader is gone (or a zombie); its group may not be (a worker's work horse).
+        # Linux keeps a pid from reuse while it names a live group, so a free pid with members
+        # is still ours; a pid another process holds now is not our group: left alone.
         _signal(ref.pid, signal.SIGKILL, True, only_group=True)
     if popen is not None:
         with contextlib.suppress(subprocess.TimeoutExpired):
