@@ -8,6 +8,9 @@
   dead worker ran on this host: a worker whose pid is gone is certainly dead, so its jobs are
   re-queued at once (the usual case: systemd restarting a crashed or OOM-killed worker).
   Running a job twice is safe: the job locks its message row and is idempotent.
+- Only the holder of the queue's RQ scheduler lock moves due retries back to the queue. A
+  restarted worker frees the lock of a scheduler that died on this host, so it takes over at
+  once; a shorter worker_ttl makes idle workers on other hosts take over within ~2 minutes.
 - RQ's own log lines go through our JSON formatter, one line per event like everything else.
 """
 
@@ -16,14 +19,17 @@ from __future__ import annotations
 import logging
 import os
 import socket
+import time
 import uuid
 from typing import Any
 
 from redis import Redis
 from rq import Queue, Worker
 from rq.executions import Execution
+from rq.intermediate_queue import IntermediateQueue
 from rq.job import Job, JobStatus
 from rq.registry import StartedJobRegistry
+from rq.scheduler import SCHEDULER_KEY_TEMPLATE, RQScheduler
 from rq.utils import parse_composite_key
 
 from orderflow_ingest import queue
@@ -35,6 +41,12 @@ from orderflow_ingest.settings import CONFIG_PATH_VARIABLE, Settings
 MAINTENANCE_INTERVAL = 60
 # How often a worker heartbeats its running job; an abandoned job is noticed ~60 s after this.
 JOB_MONITORING_INTERVAL = 10
+# An idle worker waits worker_ttl - 15 s for a job before its maintenance pass, which is when it
+# takes over the scheduler lock of a scheduler that died on another host. RQ's default (420 s)
+# let due retries wait ~7 minutes on a quiet queue; 60 s bounds that near two minutes.
+WORKER_TTL = 60
+# Seconds a job may sit taken-but-not-started before a starting worker calls it abandoned.
+INTERMEDIATE_GRACE = 2.0
 
 
 def _pid_alive(pid: int) -> bool:
@@ -50,8 +62,10 @@ def _pid_alive(pid: int) -> bool:
 def recover_abandoned(redis: Redis, queue_name: str, hostname: str | None = None) -> list[str]:
     """Re-queue jobs whose worker ran on this host and whose process is gone.
 
-    Returns the re-queued job ids. Jobs of workers on other hosts, or of live processes, are
-    left to RQ's heartbeat-based cleanup.
+    Two places hold them: RQ's StartedJobRegistry (the worker had started the job) and the
+    queue's intermediate list (the worker was killed between taking the job off the queue and
+    starting it). Returns the re-queued job ids. Started jobs of workers on other hosts, or of
+    live processes, are left to RQ's heartbeat-based cleanup.
     """
     hostname = hostname or socket.gethostname()
     registry = StartedJobRegistry(queue_name, connection=redis)
@@ -74,30 +88,114 @@ def recover_abandoned(redis: Redis, queue_name: str, hostname: str | None = None
             continue
         if worker is None and not _same_host_worker_name(execution.worker_name, hostname):
             continue
-        try:
-            job = Job.fetch(job_id, connection=redis)
-        except Exception:
-            redis.zrem(registry.key, composite)
+        job = _retryable(redis, registry, job_id, composite)
+        if job is None:
             continue
-        if not job.retries_left:
-            continue  # out of retries: RQ's cleanup moves it to the failed registry
         with redis.pipeline() as pipeline:
             pipeline.zrem(registry.key, composite)
             pipeline.delete(execution.key)
-            job.retries_left -= 1  # a crash loop must not re-queue a job forever
-            job.set_status(JobStatus.QUEUED, pipeline=pipeline)
-            job.save(pipeline=pipeline)
             pipeline.execute()
-        rq_queue.enqueue_job(job)
+        _requeue(redis, rq_queue, job, execution.worker_name)
         requeued.append(job_id)
-        log_event(
-            "worker.requeued_abandoned",
-            logging.WARNING,
-            job_id=job_id,
-            dead_worker=execution.worker_name,
-            trace_id=job.meta.get("trace_id"),
-        )
+    requeued += _recover_from_intermediate(redis, rq_queue, registry)
     return requeued
+
+
+def _recover_from_intermediate(
+    redis: Redis, rq_queue: Queue, registry: StartedJobRegistry
+) -> list[str]:
+    """Jobs taken off the queue by a worker that died before starting them.
+
+    A live worker moves a job from the intermediate list into the started registry within
+    milliseconds, so one still only in the list after INTERMEDIATE_GRACE seconds was abandoned
+    (RQ itself requeues it only after a minute or more, in a maintenance pass). Should a
+    slow live worker start it after all, the job runs twice, which is safe: it is idempotent.
+    """
+    intermediate = IntermediateQueue(rq_queue.key, connection=redis)
+
+    def stuck() -> set[str]:
+        return {job_id for job_id in intermediate.get_job_ids() if job_id not in registry}
+
+    candidates = stuck()
+    if not candidates:
+        return []
+    time.sleep(INTERMEDIATE_GRACE)
+    requeued = []
+    for job_id in sorted(candidates & stuck()):
+        job = _retryable(redis, None, job_id, None)
+        if job is None:
+            continue  # gone, or out of retries: RQ's intermediate-queue cleanup fails it
+        # LREM decides between workers starting at the same moment: one removes it.
+        if redis.lrem(intermediate.key, 1, job_id):
+            _requeue(redis, rq_queue, job, None)
+            requeued.append(job_id)
+    return requeued
+
+
+def _retryable(
+    redis: Redis, registry: StartedJobRegistry | None, job_id: str, entry: str | None
+) -> Job | None:
+    """The job, if it may run again; an entry whose job hash is gone is dropped."""
+    try:
+        job = Job.fetch(job_id, connection=redis)
+    except Exception:
+        if registry is not None and entry is not None:
+            redis.zrem(registry.key, entry)
+        return None
+    # Out of retries: left where it is, for RQ's cleanup to move to the failed registry.
+    return job if job.retries_left else None
+
+
+def _requeue(redis: Redis, rq_queue: Queue, job: Job, dead_worker: str | None) -> None:
+    with redis.pipeline() as pipeline:
+        job.retries_left = (job.retries_left or 1) - 1  # a crash loop must not loop forever
+        job.set_status(JobStatus.QUEUED, pipeline=pipeline)
+        job.save(pipeline=pipeline)
+        pipeline.execute()
+    rq_queue.enqueue_job(job)
+    log_event(
+        "worker.requeued_abandoned",
+        logging.WARNING,
+        job_id=job.id,
+        dead_worker=dead_worker,
+        trace_id=job.meta.get("trace_id"),
+    )
+
+
+def _text(value: bytes | str | None) -> str:
+    return value.decode() if isinstance(value, bytes) else (value or "")
+
+
+# Compare-and-delete: the lock is removed only if it still names the dead scheduler.
+_RELEASE_IF_HELD_BY = (
+    "if redis.call('get', KEYS[1]) == ARGV[1] then return redis.call('del', KEYS[1]) end return 0"
+)
+
+
+def release_dead_scheduler_lock(
+    redis: Redis, queue_name: str, hostname: str | None = None
+) -> str | None:
+    """Free the queue's RQ scheduler lock when its holder ran on this host and is gone.
+
+    Only the lock holder moves due retries back to the queue, and a SIGKILLed holder's lock
+    lives on for 61 s, after which an idle worker takes it over only in a maintenance pass.
+    A restarted worker (systemd, after a crash or an OOM kill) would otherwise leave retries
+    waiting for minutes. Returns the released scheduler's name, if any.
+    """
+    hostname = hostname or socket.gethostname()
+    key = RQScheduler.get_locking_key(queue_name)
+    holder = redis.get(key)
+    if not holder:
+        return None
+    name = _text(holder)
+    fields = redis.hmget(SCHEDULER_KEY_TEMPLATE % name, "hostname", "pid")
+    host, pid_text = (_text(value) for value in fields)
+    pid = int(pid_text) if pid_text.isdigit() else 0
+    if host != hostname or pid <= 0 or _pid_alive(pid):
+        return None  # elsewhere, unknown or alive: its lock's TTL decides
+    if not redis.eval(_RELEASE_IF_HELD_BY, 1, key, holder):
+        return None
+    return name
 
 
 def _same_host_worker_name(name: str, hostname: str) -> bool:
@@ -140,11 +238,15 @@ def run_worker(
     context.configure(settings).prefork()
     redis = queue.make_redis(settings)
     recovered = recover_abandoned(redis, settings.attachment_queue)
+    released = release_dead_scheduler_lock(redis, settings.attachment_queue)
+    if released:
+        log_event("worker.scheduler_lock_released", scheduler=released)
     worker_kwargs: dict[str, Any] = {
         "connection": redis,
         "name": name or worker_name(),
         "maintenance_interval": MAINTENANCE_INTERVAL,
         "job_monitoring_interval": JOB_MONITORING_INTERVAL,
+        "worker_ttl": WORKER_TTL,
     }
     worker = Worker([Queue(settings.attachment_queue, connection=redis)], **worker_kwargs)
     log_event(

@@ -323,7 +323,7 @@ def test_smtp_smuggling_is_not_accepted_as_a_second_message(rel: Harness) -> Non
 
 
 def test_smtp_smuggling_is_stopped_by_forbid_bare_newline(make_stack: Any) -> None:
-    """The fix for the xfail above, on a stack of its own: smtpd_forbid_bare_newline =
+    """The fix for the finding above, on a stack of its own: smtpd_forbid_bare_newline =
     normalize (Postfix >= 3.7.10, the default from 3.9) keeps the smuggled lines in the
     first message's body. Its exclusions default to $mynetworks, which holds loopback, the
     only address a test can connect from; an inbound-only MX has no client to exempt."""
