@@ -90,6 +90,19 @@ def test_doctor_checks_the_stack(stack: Any) -> None:
     assert any(line.startswith("FAIL  milter socket") for line in lines)
 
 
+def test_doctor_fails_when_the_pipe_client_is_not_built(stack: Any, tmp_path: Path) -> None:
+    """Postfix would only say "temporary failure" for every message; doctor names the fix."""
+    config_dir = tmp_path / "postfix"
+    shutil.copytree(stack.postfix_config_dir, config_dir, ignore=shutil.ignore_patterns("*.pid"))
+    master = config_dir / "master.cf"
+    client = str(Path(CLI).parent / "orderflow-deliver")
+    assert client in master.read_text()
+    master.write_text(master.read_text().replace(client, str(tmp_path / "orderflow-deliver")))
+    _code, checks = _checks(stack, {"ORDERFLOW_POSTFIX_CONFIG_DIR": str(config_dir)})
+    assert checks["transport"]["status"] == "fail"
+    assert "run orderflow-ingest build-deliver" in checks["transport"]["detail"]
+
+
 def test_doctor_speaks_the_milter_protocol_to_a_running_milter(stack: Any) -> None:
     run_dir = Path(tempfile.mkdtemp(prefix="doctor-milter-", dir="/tmp"))
     sock = run_dir / "milter.sock"

@@ -207,6 +207,11 @@ def _check_transport(settings: Settings) -> Check:
             return Check(
                 "transport", FAIL, f"{domain} -> {service}, which is not the pipe to `deliver`"
             )
+        client = next(word.partition("=")[2] or word for word in words if _is_deliver_client(word))
+        if client.startswith("/") and not os.access(client, os.X_OK):
+            # Postfix would defer every message: "temporary failure" with no other clue.
+            detail = f"{client} is missing or not executable: run orderflow-ingest build-deliver"
+            return Check("transport", FAIL, detail)
         config = _option(words, "--config")
         if config and settings.source and Path(config) != Path(settings.source):
             return Check(
