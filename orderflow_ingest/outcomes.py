@@ -36,11 +36,3 @@ class Outcome(Enum):
     @property
     def text(self) -> str:
         return self.value[2]
-
-
-def outcome_for_exit_status(status: int) -> Outcome:
-    """Map a status back (the pipe client relays the service's answer as an Outcome name)."""
-    for outcome in Outcome:
-        if outcome.exit_status == status:
-            return outcome
-    return Outcome.INTERNAL_ERROR

@@ -3,19 +3,14 @@
 Settings come from an env file (``KEY=value`` lines, ``#`` comments) and then the process
 environment, which wins. The file matters because pipe(8) starts ``deliver`` with an almost
 empty environment. A wrong value stops the program at start with a message naming the setting.
-
-This module imports only the standard library: the per-message pipe client loads it too, and
-every import there is paid once per delivered message.
+The compiled pipe client (pipe/deliver.c) reads its two settings from the same file the same way.
 """
 
 from __future__ import annotations
 
 import os
-
-TYPE_CHECKING = False  # the pipe client imports this module per message; typing costs ~2 ms
-if TYPE_CHECKING:
-    from collections.abc import Callable, Mapping
-    from typing import Any
+from collections.abc import Callable, Mapping
+from typing import Any
 
 DEFAULT_CONFIG_PATH = "/etc/orderflow/ingest.env"
 CONFIG_PATH_VARIABLE = "ORDERFLOW_CONFIG"
@@ -313,9 +308,8 @@ class Settings:
 def load_settings(
     explicit_path: str | None = None,
     environ: Mapping[str, str] | None = None,
-    only: tuple[str, ...] | None = None,
 ) -> Settings:
-    """Load and validate; ``only`` limits validation to the named settings (the pipe client)."""
+    """Load and validate every setting; the first problem raises SettingsError naming it."""
     environ = os.environ if environ is None else environ
     path = config_path(explicit_path)
     raw: dict[str, str] = {}
@@ -333,7 +327,7 @@ def load_settings(
     if unknown:
         raise SettingsError(f"unknown setting {unknown[0]} (in {path or 'environment'})")
     values: dict[str, Any] = {}
-    for setting in SETTINGS if only is None else tuple(_BY_NAME[name] for name in only):
+    for setting in SETTINGS:
         text = raw.get(setting.name, setting.default)
         if text is None or (setting.default is None and not text.strip()):
             raise SettingsError(f"{setting.name} is required: {setting.doc}")
@@ -341,6 +335,6 @@ def load_settings(
             values[setting.name] = setting.parse(text)
         except ValueError as error:
             raise SettingsError(f"{setting.name}={text!r} is invalid: {error}") from None
-    if only is None and not values["ORDERFLOW_INGEST_DOMAINS"]:
+    if not values["ORDERFLOW_INGEST_DOMAINS"]:
         raise SettingsError("ORDERFLOW_INGEST_DOMAINS is required: name at least one domain")
     return Settings(values, path)

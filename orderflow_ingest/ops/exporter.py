@@ -1,7 +1,7 @@
 """`orderflow-ingest exporter`: the one long-lived process Prometheus scrapes.
 
-The pipe client lives for one message and RQ forks a process per job, so they record into a
-Redis hash (metrics.py) and this process serves it, with gauges read at scrape time
+RQ forks a process per job and several services record too, so they all add to one Redis
+hash (metrics.py) and this process serves it, with gauges read at scrape time
 (collector.py). It listens on loopback only: settings refuse any other address, and this
 module checks again before and after binding, so a settings bug or an odd resolver can never
 put the metrics (org ids, queue sizes) on a public interface.
