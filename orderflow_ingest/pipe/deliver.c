@@ -63,17 +63,23 @@ static void on_deadline(int signum) {
     finish(EX_TEMPFAIL, DEADLINE, sizeof DEADLINE - 1);
 }
 
-/* The value of `name` in the env file at `path` (malloc'd), or NULL if it has none. */
-static char *read_setting(const char *path, const char *name, int required_file) {
+/* A setting the client reads: its name, and its value from the env file (malloc'd) or NULL. */
+struct setting {
+    const char *name;
+    char *from_file;
+};
+
+/* One pass over the env file at `path`, keeping each named setting's last value. */
+static void read_settings(const char *path, struct setting *settings, size_t count,
+                          int required_file) {
     FILE *file = fopen(path, "r");
     if (file == NULL) {
         if (required_file)
             fail(MISCONFIGURED);
-        return NULL;
+        return;
     }
-    char *line = NULL, *found = NULL;
+    char *line = NULL;
     size_t capacity = 0;
-    size_t name_length = strlen(name);
     while (getline(&line, &capacity, file) != -1) {
         char *start = line, *end = line + strlen(line);
         while (isspace((unsigned char)*start))
@@ -89,34 +95,34 @@ static char *read_setting(const char *path, const char *name, int required_file)
         char *key_end = equals;
         while (key_end > start && isspace((unsigned char)key_end[-1]))
             key_end--;
-        if ((size_t)(key_end - start) != name_length || strncmp(start, name, name_length) != 0)
-            continue;
-        char *value = equals + 1;
-        while (isspace((unsigned char)*value))
-            value++;
-        size_t length = strlen(value);
-        if (length >= 2 && value[0] == value[length - 1] && (value[0] == '"' || value[0] == '\'')) {
-            value[length - 1] = '\0';
-            value++;
+        size_t key_length = (size_t)(key_end - start);
+        for (size_t index = 0; index < count; index++) {
+            struct setting *wanted = &settings[index];
+            if (strlen(wanted->name) != key_length || strncmp(start, wanted->name, key_length))
+                continue;
+            char *value = equals + 1;
+            while (isspace((unsigned char)*value))
+                value++;
+            size_t length = strlen(value);
+            if (length >= 2 && value[0] == value[length - 1] &&
+                (value[0] == '"' || value[0] == '\'')) {
+                value[length - 1] = '\0';
+                value++;
+            }
+            free(wanted->from_file);
+            wanted->from_file = strdup(value); /* the last assignment wins, as in settings.py */
         }
-        free(found);
-        found = strdup(value); /* the last assignment wins, as in settings.py */
     }
     free(line);
     fclose(file);
-    return found;
 }
 
-static const char *setting(const char *config, const char *name, const char *fallback) {
-    const char *from_environment = getenv(name);
+/* The environment wins over the file, as in settings.py. */
+static const char *setting_value(const struct setting *setting, const char *fallback) {
+    const char *from_environment = getenv(setting->name);
     if (from_environment != NULL)
         return from_environment;
-    if (config != NULL) {
-        char *value = read_setting(config, name, strcmp(config, DEFAULT_CONFIG) != 0);
-        if (value != NULL)
-            return value;
-    }
-    return fallback;
+    return setting->from_file != NULL ? setting->from_file : fallback;
 }
 
 static void send_all(int fd, const char *data, size_t length) {
@@ -158,8 +164,11 @@ int main(int argc, char **argv) {
         const char *from_environment = getenv("ORDERFLOW_CONFIG");
         config = (from_environment && *from_environment) ? from_environment : DEFAULT_CONFIG;
     }
-    const char *socket_path = setting(config, "ORDERFLOW_DELIVER_SOCKET", DEFAULT_SOCKET);
-    const char *timeout_text = setting(config, "ORDERFLOW_DELIVER_TIMEOUT", DEFAULT_TIMEOUT);
+    struct setting settings[] = {{"ORDERFLOW_DELIVER_SOCKET", NULL},
+                                 {"ORDERFLOW_DELIVER_TIMEOUT", NULL}};
+    read_settings(config, settings, 2, strcmp(config, DEFAULT_CONFIG) != 0);
+    const char *socket_path = setting_value(&settings[0], DEFAULT_SOCKET);
+    const char *timeout_text = setting_value(&settings[1], DEFAULT_TIMEOUT);
     char *end = NULL;
     double timeout = strtod(timeout_text, &end);
     struct sockaddr_un address = {.sun_family = AF_UNIX};
