@@ -14,7 +14,9 @@ EX_TEMPFAIL = 75
 
 
 def deliver(args: list[str]) -> int:
-    client = os.path.join(sys.prefix, "bin", "orderflow-deliver")
+    from orderflow_ingest.pipe.build import client_path
+
+    client = str(client_path())
     try:
         os.execv(client, [client, *args])
     except OSError:

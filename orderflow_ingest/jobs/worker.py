@@ -88,9 +88,12 @@ def recover_abandoned(redis: Redis, queue_name: str, hostname: str | None = None
             continue
         if worker is None and not _same_host_worker_name(execution.worker_name, hostname):
             continue
-        job = _retryable(redis, registry, job_id, composite)
-        if job is None:
+        job = _fetch_job(redis, job_id)
+        if job is None:  # the job hash is gone: nothing to run, drop the entry
+            redis.zrem(registry.key, composite)
             continue
+        if not job.retries_left:
+            continue  # out of retries: RQ's cleanup moves it to the failed registry
         with redis.pipeline() as pipeline:
             pipeline.zrem(registry.key, composite)
             pipeline.delete(execution.key)
@@ -122,8 +125,8 @@ def _recover_from_intermediate(
     time.sleep(INTERMEDIATE_GRACE)
     requeued = []
     for job_id in sorted(candidates & stuck()):
-        job = _retryable(redis, None, job_id, None)
-        if job is None:
+        job = _fetch_job(redis, job_id)
+        if job is None or not job.retries_left:
             continue  # gone, or out of retries: RQ's intermediate-queue cleanup fails it
         # LREM decides between workers starting at the same moment: one removes it.
         if redis.lrem(intermediate.key, 1, job_id):
@@ -132,23 +135,18 @@ def _recover_from_intermediate(
     return requeued
 
 
-def _retryable(
-    redis: Redis, registry: StartedJobRegistry | None, job_id: str, entry: str | None
-) -> Job | None:
-    """The job, if it may run again; an entry whose job hash is gone is dropped."""
+def _fetch_job(redis: Redis, job_id: str) -> Job | None:
     try:
-        job = Job.fetch(job_id, connection=redis)
+        return Job.fetch(job_id, connection=redis)
     except Exception:
-        if registry is not None and entry is not None:
-            redis.zrem(registry.key, entry)
         return None
-    # Out of retries: left where it is, for RQ's cleanup to move to the failed registry.
-    return job if job.retries_left else None
 
 
 def _requeue(redis: Redis, rq_queue: Queue, job: Job, dead_worker: str | None) -> None:
+    """Back on the queue, one retry spent: a crash loop must not re-queue a job forever."""
+    assert job.retries_left  # callers requeue only jobs with retries left
     with redis.pipeline() as pipeline:
-        job.retries_left = (job.retries_left or 1) - 1  # a crash loop must not loop forever
+        job.retries_left -= 1
         job.set_status(JobStatus.QUEUED, pipeline=pipeline)
         job.save(pipeline=pipeline)
         pipeline.execute()
