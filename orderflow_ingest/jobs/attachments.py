@@ -148,16 +148,18 @@ def _store(
         )
         metrics.count("smtp_processing_errors_total", org_id=org_id, error_type="unparseable")
         return Outcome("failed", [])
-    for document in extraction.documents:
-        key = storage.document_key(org_id, message_id, document.part, document.filename)
-        put_started = time.monotonic()
-        storage.put_file(
-            context.s3, context.settings.s3_bucket, key, document.spool_path, document.mime_type
-        )
-        metrics.observe("orderflow_s3_put_seconds", time.monotonic() - put_started)
+    keys = [
+        storage.document_key(org_id, message_id, document.part, document.filename)
+        for document in extraction.documents
+    ]
+    for document, key in zip(extraction.documents, keys, strict=True):
+        with metrics.timed("orderflow_s3_put_seconds"):
+            storage.put_file(
+                context.s3, context.settings.s3_bucket, key, document.spool_path, document.mime_type
+            )
     stored: list[str] = []
     ids: list[str] = []
-    for document in extraction.documents:
+    for document, key in zip(extraction.documents, keys, strict=True):
         saved = documents.upsert_document(
             conn,
             org_id=org_id,
@@ -167,7 +169,7 @@ def _store(
             mime_type=document.mime_type,
             size_bytes=document.size_bytes,
             sha256=document.sha256,
-            storage_key=storage.document_key(org_id, message_id, document.part, document.filename),
+            storage_key=key,
             status=document.status,
             decision=_decision(document),
         )
