@@ -67,6 +67,42 @@ def _choice(*allowed: str) -> Callable[[str], str]:
     return parse
 
 
+_DURATION_UNITS = {"s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0}
+
+
+def _seconds(value: str) -> float:
+    """A duration: `90` or `90s`, `5m`, `2h`, `1d` (fractions allowed: `0.2s`)."""
+    text = value.strip().lower()
+    unit = text[-1:] if text[-1:] in _DURATION_UNITS else "s"
+    number = text[:-1] if text[-1:] in _DURATION_UNITS else text
+    seconds = float(number) * _DURATION_UNITS[unit]
+    if not seconds >= 0 or seconds == float("inf"):
+        raise ValueError("expected a duration such as 30s, 5m, 2h or 1d")
+    return seconds
+
+
+def _schedule(value: str) -> tuple[float, ...]:
+    """Comma-separated durations, one per retry (`5s,5m,30m,2h`)."""
+    delays = tuple(_seconds(item) for item in value.split(",") if item.strip())
+    if not delays:
+        raise ValueError("needs at least one delay, as in 5s,5m,30m")
+    return delays
+
+
+def _networks(value: str) -> tuple[str, ...]:
+    """Comma-separated CIDRs, addresses or host names (validated here, used by webhooks/ssrf)."""
+    import ipaddress
+
+    items = _csv(value)
+    for item in items:
+        try:
+            ipaddress.ip_network(item, strict=False)
+        except ValueError:
+            if not all(part and part.replace("-", "").isalnum() for part in item.split(".")):
+                raise ValueError(f"{item!r} is neither a CIDR nor a host name") from None
+    return items
+
+
 class Setting:
     """One setting: its environment name, parser, default (None = required) and purpose."""
 
@@ -213,6 +249,73 @@ SETTINGS: tuple[Setting, ...] = (
         _text,
         "",
         "Group given the milter's unix socket (mode 0660): Postfix's group, e.g. postfix.",
+    ),
+    # Webhooks (orderflow_ingest/webhooks, docs/webhooks.md).
+    Setting(
+        "ORDERFLOW_WEBHOOK_RETRY_SCHEDULE",
+        _schedule,
+        "5s,5m,30m,2h,5h,10h,14h,20h,24h",
+        "Delays between webhook attempts after the first; when they run out the delivery fails.",
+    ),
+    Setting(
+        "ORDERFLOW_WEBHOOK_JITTER", _float, "0.2", "Random +/- fraction added to each retry delay."
+    ),
+    Setting(
+        "ORDERFLOW_WEBHOOK_RETRY_AFTER_MAX",
+        _seconds,
+        "24h",
+        "Longest Retry-After a receiver may ask for; longer requests are cut to this.",
+    ),
+    Setting(
+        "ORDERFLOW_WEBHOOK_DISABLE_AFTER",
+        _seconds,
+        "5d",
+        "An endpoint whose every attempt failed for this long is disabled (endpoint.disabled).",
+    ),
+    Setting(
+        "ORDERFLOW_WEBHOOK_SECRET_GRACE",
+        _seconds,
+        "24h",
+        "After a secret rotation the old secret keeps signing (a second signature) this long.",
+    ),
+    Setting(
+        "ORDERFLOW_WEBHOOK_CONNECT_TIMEOUT", _float, "5", "Seconds to connect to a receiver."
+    ),
+    Setting(
+        "ORDERFLOW_WEBHOOK_TIMEOUT",
+        _float,
+        "15",
+        "Seconds one webhook attempt may take in all (connect, send, response).",
+    ),
+    Setting(
+        "ORDERFLOW_WEBHOOK_ALLOW",
+        _networks,
+        "",
+        "CIDRs/hosts webhooks may reach although private or loopback (on-premise receivers).",
+    ),
+    Setting(
+        "ORDERFLOW_WEBHOOK_REQUIRE_HTTPS",
+        _bool,
+        "true",
+        "Refuse http:// endpoint URLs (set false only for receivers inside your network).",
+    ),
+    Setting(
+        "ORDERFLOW_WEBHOOK_CONCURRENCY",
+        _int,
+        "8",
+        "Attempts one dispatcher makes at once (threads); several dispatchers may run.",
+    ),
+    Setting(
+        "ORDERFLOW_WEBHOOK_POLL_INTERVAL",
+        _float,
+        "1",
+        "Seconds a dispatcher waits before looking again when there was nothing to do.",
+    ),
+    Setting(
+        "ORDERFLOW_API_BASE_URL",
+        _text,
+        "",
+        "Public base URL of the HTTP API for links in webhooks; empty gives relative /v1/ links.",
     ),
     # Operations.
     Setting(
