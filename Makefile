@@ -6,7 +6,7 @@ STAMP := $(VENV)/.installed
 # The pipe client pipe(8) runs per message, compiled from orderflow_ingest/pipe/deliver.c.
 CLIENT := $(VENV)/bin/orderflow-deliver
 
-.PHONY: demo test lint bench reliability system-deps venv clean ansible-test
+.PHONY: demo test lint bench reliability fuzz system-deps venv clean ansible-test
 
 demo: system-deps $(STAMP) $(CLIENT)
 	$(PY) -m orderflow_ingest.devstack.demo
@@ -26,6 +26,12 @@ bench: system-deps $(STAMP) $(CLIENT)
 
 reliability: system-deps $(STAMP) $(CLIENT)
 	$(VENV)/bin/pytest -q -m reliability tests/reliability
+
+# atheris over the parsers, then deliver.c under ASan/UBSan; FUZZ_SECONDS per target.
+# CI runs the same targets for a fixed number of inputs: tests/test_fuzz_short.py.
+FUZZ_SECONDS ?= 60
+fuzz: $(STAMP)
+	$(PY) tests/fuzz/run_all.py --seconds $(FUZZ_SECONDS)
 
 system-deps:
 	scripts/install-system-deps
