@@ -192,3 +192,10 @@ _register_ops(app)
 from orderflow_ingest.devstack.command import dev_app  # noqa: E402
 
 app.add_typer(dev_app, name="dev")
+
+# Webhooks (orderflow_ingest/webhooks/command.py): endpoints, deliveries and the dispatcher.
+from orderflow_ingest.webhooks.command import dispatcher as _webhook_dispatcher  # noqa: E402
+from orderflow_ingest.webhooks.command import webhook_app  # noqa: E402
+
+app.add_typer(webhook_app, name="webhook")
+app.command("webhook-dispatcher")(_webhook_dispatcher)

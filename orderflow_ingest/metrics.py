@@ -39,6 +39,8 @@ HISTOGRAMS: dict[str, tuple[float, ...]] = {
     "orderflow_s3_put_seconds": (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10),
     "orderflow_db_seconds": (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 5),
     "orderflow_delivery_seconds": (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30),
+    # One webhook attempt, connect to response (bounded by ORDERFLOW_WEBHOOK_TIMEOUT).
+    "orderflow_webhook_attempt_seconds": (0.01, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 15, 30),
 }
 
 _lock = threading.Lock()
