@@ -22,7 +22,9 @@ from orderflow_ingest.settings import Settings
 Conn = psycopg.Connection[dict[str, Any]]
 Pool = ConnectionPool[Conn]
 MIGRATION_NAME = re.compile(r"^(\d{3})_[a-z0-9_]+\.sql$")
-RUNTIME_TABLE_RIGHTS = "SELECT, INSERT, UPDATE"
+# The runtime role's rights, declared per table in one file re-applied by every `db migrate`.
+GRANTS_FILE = "grants.sql"
+RUNTIME_PLACEHOLDER = "runtime"
 
 
 def connect(url: str, timeout: float = 10) -> Conn:
@@ -71,7 +73,11 @@ def migrations_dir() -> Path:
 
 def pending_migrations(conn: Conn) -> list[Path]:
     applied = {row["version"] for row in conn.execute("SELECT version FROM schema_migration")}
-    return [path for path in sorted(migrations_dir().glob("*.sql")) if path.name not in applied]
+    return [
+        path
+        for path in sorted(migrations_dir().glob("*.sql"))
+        if path.name not in applied and path.name != GRANTS_FILE
+    ]
 
 
 def migrate(settings: Settings) -> list[str]:
@@ -99,20 +105,31 @@ def migrate(settings: Settings) -> list[str]:
     return applied
 
 
-def grant_runtime_rights(conn: Conn, settings: Settings) -> None:
-    """The runtime role may read and write rows, never change the schema or delete history."""
+def runtime_role(settings: Settings) -> str | None:
+    """The role the services connect as, or None when it is the schema owner itself."""
     runtime_user = conninfo_to_dict(settings.database_url).get("user")
     owner_user = conninfo_to_dict(settings.migrate_url).get("user")
     if not runtime_user or runtime_user == owner_user:
+        return None
+    return str(runtime_user)
+
+
+def grants_sql(role: str) -> sql.Composed:
+    """sql/grants.sql with {runtime} bound to `role` as a quoted identifier (never pasted)."""
+    text = (migrations_dir() / GRANTS_FILE).read_text(encoding="utf-8")
+    return sql.SQL(text).format(**{RUNTIME_PLACEHOLDER: sql.Identifier(role)})
+
+
+def grant_runtime_rights(conn: Conn, settings: Settings) -> None:
+    """Take every right from the runtime role, then grant exactly what sql/grants.sql lists.
+
+    One transaction: the services never see the moment between the REVOKE and the GRANTs.
+    """
+    role = runtime_role(settings)
+    if role is None:
         return
-    role = sql.Identifier(str(runtime_user))
-    conn.execute(sql.SQL("GRANT USAGE ON SCHEMA public TO {}").format(role))
-    conn.execute(
-        sql.SQL("GRANT " + RUNTIME_TABLE_RIGHTS + " ON ALL TABLES IN SCHEMA public TO {}").format(
-            role
-        )
-    )
-    conn.execute(sql.SQL("GRANT USAGE ON ALL SEQUENCES IN SCHEMA public TO {}").format(role))
+    with conn.transaction():
+        conn.execute(grants_sql(role))
 
 
 def schema_is_current(conn: Conn) -> bool:

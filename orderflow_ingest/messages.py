@@ -129,12 +129,15 @@ def mark_failed(
     )
 
 
-def reopen_for_reprocess(conn: Conn, inbound_message_id: str) -> bool:
-    """PARSED/FAILED -> STORED, allowed only inside this transaction (operator `reprocess`)."""
-    conn.execute("SELECT set_config('orderflow.allow_reprocess', 'on', true)")
-    cursor = conn.execute(
-        "UPDATE inbound_message SET status = 'STORED'"
-        " WHERE id = %s AND status IN ('PARSED', 'FAILED') AND raw_storage_key IS NOT NULL",
-        (inbound_message_id,),
-    )
-    return cursor.rowcount == 1
+def reopen_for_reprocess(
+    conn: Conn, inbound_message_id: str, reason: str = "operator reprocess"
+) -> bool:
+    """PARSED/FAILED -> STORED (operator `reprocess`); False if not in one of those states.
+
+    Only orderflow_reprocess() (SECURITY DEFINER, sql/002) may make this transition: the
+    runtime role cannot reopen a message by a plain UPDATE, whatever it sets in its session.
+    """
+    row = conn.execute(
+        "SELECT orderflow_reprocess(%s, %s) AS reopened", (inbound_message_id, reason)
+    ).fetchone()
+    return bool(row and row["reopened"])

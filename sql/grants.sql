@@ -1,0 +1,41 @@
+-- What the runtime role (the services' ORDERFLOW_DATABASE_URL) may do: the ONE place.
+--
+-- `db migrate` runs this file after every migration, as the schema owner, in one transaction,
+-- with {runtime} replaced by the runtime role (quoted as an identifier). It first takes every
+-- right away, then grants exactly what is listed, so a right removed here is gone after the
+-- next deploy.
+--
+-- EVERY TABLE AND VIEW IN THE SCHEMA NEEDS ITS OWN LINE HERE (a GRANT, or a REVOKE when the
+-- runtime role must not touch it at all). If you add a table or view in a migration (003_...,
+-- 004_..., ...), add its line below in the same commit, under the migration's name:
+-- tests/test_db_rights.py fails for any table or view without an entry. This file describes
+-- the schema after the LAST migration: drop the lines of what a migration drops. Give the
+-- least the services need:
+--   * history / audit tables are append-only: SELECT, INSERT only (never UPDATE or DELETE);
+--   * nothing gets DELETE unless a service really deletes rows (say why in a comment); pruning
+--     goes through a SECURITY DEFINER function owned by the schema owner instead;
+--   * a SECURITY DEFINER function: REVOKE ALL ... FROM PUBLIC in its migration, EXECUTE here.
+-- Sequences: USAGE on all of them (nextval for serial ids; no setval) is granted below.
+-- One statement per line, "GRANT <rights> ON <name> TO {runtime};", no braces other than
+-- {runtime}.
+
+REVOKE ALL ON ALL TABLES IN SCHEMA public FROM {runtime};
+REVOKE ALL ON ALL SEQUENCES IN SCHEMA public FROM {runtime};
+REVOKE ALL ON ALL FUNCTIONS IN SCHEMA public FROM {runtime};
+GRANT USAGE ON SCHEMA public TO {runtime};
+GRANT USAGE ON ALL SEQUENCES IN SCHEMA public TO {runtime};
+
+-- Migrations bookkeeping: `doctor` reads it; only the owner writes it.
+GRANT SELECT ON schema_migration TO {runtime};
+
+-- 001_core
+GRANT SELECT, INSERT, UPDATE ON org TO {runtime};
+GRANT SELECT, INSERT, UPDATE ON inbound_message TO {runtime};
+-- Status history (written by a trigger as the invoking role): append-only.
+GRANT SELECT, INSERT ON inbound_message_event TO {runtime};
+-- Re-extraction upserts documents and part decisions (ON CONFLICT DO UPDATE).
+GRANT SELECT, INSERT, UPDATE ON document TO {runtime};
+GRANT SELECT, INSERT, UPDATE ON inbound_message_part TO {runtime};
+
+-- 002_runtime_rights
+GRANT EXECUTE ON FUNCTION orderflow_reprocess(uuid, text) TO {runtime};
