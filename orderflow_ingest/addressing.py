@@ -23,6 +23,17 @@ def split_address(address: str) -> tuple[str, str] | None:
     return local, domain.rstrip(".").lower()
 
 
+# RFC 5321 §4.5.1 and RFC 2142: mailboxes every mail domain must accept. Postfix routes them
+# to the operator (postfix-config/role_mailboxes); they name no org.
+ROLE_MAILBOXES = ("postmaster", "abuse")
+
+
+def is_role_mailbox(address: str) -> bool:
+    """postmaster@ or abuse@ (any case, any domain)."""
+    parts = split_address(address)
+    return parts is not None and parts[0].lower() in ROLE_MAILBOXES
+
+
 def is_our_domain(address: str, domains: tuple[str, ...]) -> bool:
     parts = split_address(address)
     return parts is not None and parts[1] in domains

@@ -396,6 +396,7 @@ def host(make_stack: Callable[..., Any]) -> Iterator[Host]:
         "orderflow_ingest_smtpd_listen": f"127.0.0.1:{smtp_port}",
         "orderflow_ingest_metrics_listen": f"127.0.0.1:{metrics_port}",
         "orderflow_ingest_myhostname": f"mx.{DOMAIN}",
+        "orderflow_ingest_postmaster_address": "postmaster@ops.invalid",
         "orderflow_ingest_workers": 1,
         # Nothing to resolve here: keep the milter's SPF/DKIM look-ups short.
         "orderflow_ingest_settings": {"ORDERFLOW_DNS_TIMEOUT": "2"},

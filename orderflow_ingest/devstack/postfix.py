@@ -27,6 +27,8 @@ from orderflow_ingest.devstack.templates import merge_main_cf, render_file
 from orderflow_ingest.pipe.build import ensure_built
 
 POSTFIX = "/usr/sbin/postfix"
+# Where postmaster@ and abuse@ go on the devstack: the discard transport logs the hand-off.
+DEV_POSTMASTER_ADDRESS = "postmaster@ops.invalid"
 POSTQUEUE = "/usr/sbin/postqueue"
 START_TIMEOUT = 30
 
@@ -134,6 +136,7 @@ class Postfix(Component):
             "pipe_user": options.service_user,
             "deliver_command": deliver_command(),
             "config_file": str(layout.config_file),
+            "postmaster_address": DEV_POSTMASTER_ADDRESS,
         }
         retry = max(1, options.retry_seconds)
         overlay = {
@@ -164,9 +167,11 @@ class Postfix(Component):
         main_cf = merge_main_cf(render_file("main.cf", variables), overlay, "devstack overlay")
         master_cf = BASE_MASTER_CF + render_file("master.cf", variables)
         transport = render_file("orderflow_transport", variables)
+        role_mailboxes = render_file("role_mailboxes", variables)
         accounts.write_file(self.config_dir / "main.cf", main_cf, 0o644)
         accounts.write_file(self.config_dir / "master.cf", master_cf, 0o644)
         accounts.write_file(self.config_dir / "orderflow_transport", transport, 0o644)
+        accounts.write_file(self.config_dir / "role_mailboxes", role_mailboxes, 0o644)
 
     def _postfix(self, command: str, timeout: float = 60) -> subprocess.CompletedProcess[str]:
         return subprocess.run(

@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from enum import Enum
 from typing import Any
 
-from orderflow_ingest.addressing import is_our_domain, org_slug
+from orderflow_ingest.addressing import is_our_domain, is_role_mailbox, org_slug
 
 
 class OrgStatus(Enum):
@@ -104,6 +104,8 @@ def decide(
     """What to answer at RCPT TO for `address`."""
     if not is_our_domain(address, domains):
         return RcptDecision("continue", "other_domain")
+    if is_role_mailbox(address):
+        return RcptDecision("accept", "role_mailbox")
     slug = org_slug(address, local_part, domains)
     if slug is None:
         return RcptDecision("reject", "no_slug")
