@@ -59,6 +59,10 @@ HELP: dict[str, str] = {
     "orderflow_documents_extracted_total": "Documents stored and handed to extraction.",
     "orderflow_sweep_total": "Stuck messages `sweep` acted on, by action.",
     "orderflow_reprocess_total": "Messages `reprocess` reopened and re-enqueued.",
+    "orderflow_webhook_deliveries_total": (
+        "Webhook attempts by outcome (delivered, retrying, failed, gone, stale)."
+    ),
+    "orderflow_webhook_attempt_seconds": "Time one webhook attempt took, by result.",
 }
 GENERIC_HELP = "Recorded by orderflow-ingest (see orderflow_ingest/metrics.py)."
 
@@ -421,6 +425,7 @@ class OrderflowCollector(Collector):
             "redis", lambda: rq_families(rq_queue_states(sources.redis(), sources.rq_queues)), up
         )
         families += self._run("postgres", self._ingest, up)
+        families += self._run("postgres", self._webhooks, up)
         if sources.postfix_config_dir:
             families += self._run("postfix", lambda: postfix_families(self._postfix.get()), up)
         families += self._run("disk", self._disks, up)
@@ -443,6 +448,13 @@ class OrderflowCollector(Collector):
         with self._sources.database() as conn:
             rows = conn.execute(INGEST_LAG_SQL).fetchall()
         return ingest_families(rows)
+
+    def _webhooks(self) -> list[Metric]:
+        from orderflow_ingest.webhooks.gauges import WEBHOOK_SQL, webhook_families
+
+        with self._sources.database() as conn:
+            row = conn.execute(WEBHOOK_SQL).fetchone()
+        return webhook_families(row)
 
     def _disks(self) -> list[Metric]:
         usages = []
