@@ -39,3 +39,13 @@ GRANT SELECT, INSERT, UPDATE ON inbound_message_part TO {runtime};
 
 -- 002_runtime_rights
 GRANT EXECUTE ON FUNCTION orderflow_reprocess(uuid, text) TO {runtime};
+
+-- 006_webhooks
+-- Endpoints are soft-deleted (deleted_at), deliveries change state: no DELETE.
+GRANT SELECT, INSERT, UPDATE ON webhook_endpoint TO {runtime};
+GRANT SELECT, INSERT, UPDATE ON webhook_delivery TO {runtime};
+-- Every attempt, append-only.
+GRANT SELECT, INSERT ON webhook_attempt TO {runtime};
+-- The dispatcher's feed position: one row made by the migration, only moved.
+GRANT SELECT, UPDATE ON webhook_dispatch_state TO {runtime};
+GRANT SELECT, INSERT, UPDATE ON webhook_message_sequence TO {runtime};
