@@ -34,14 +34,30 @@ def emit(data: Any, as_json: bool, text: str) -> None:
 
 
 @db_app.command("migrate")
-def db_migrate(config: ConfigOption = None) -> None:
-    """Apply pending migrations from sql/ (safe to re-run; serialised across hosts).
+def db_migrate(
+    config: ConfigOption = None,
+    migrate_config: Annotated[
+        str | None,
+        typer.Option(
+            "--migrate-config",
+            help="File with the schema owner's ORDERFLOW_MIGRATE_DATABASE_URL"
+            " (default /etc/orderflow/migrate.env; root-only, read by this command alone).",
+        ),
+    ] = None,
+) -> None:
+    """Apply pending migrations from sql/ and the runtime role's grants (safe to re-run).
 
     Example: orderflow-ingest db migrate --config /etc/orderflow/ingest.env
     """
+    from orderflow_ingest.cli_support import EX_CONFIG
     from orderflow_ingest.db import migrate
+    from orderflow_ingest.settings import SettingsError, load_migrate_settings
 
-    applied = migrate(settings_or_exit(config))
+    try:
+        settings = load_migrate_settings(config, migrate_config)
+    except SettingsError as error:
+        fail(f"configuration error: {error}", EX_CONFIG)
+    applied = migrate(settings)
     typer.echo("applied: " + ", ".join(applied) if applied else "schema is up to date")
 
 

@@ -14,6 +14,10 @@ from typing import Any
 
 DEFAULT_CONFIG_PATH = "/etc/orderflow/ingest.env"
 CONFIG_PATH_VARIABLE = "ORDERFLOW_CONFIG"
+# The schema owner's URL: only `db migrate` reads it, from its own root-only file (or the
+# environment of that one command), never from the settings file every service reads.
+MIGRATE_URL_SETTING = "ORDERFLOW_MIGRATE_DATABASE_URL"
+DEFAULT_MIGRATE_CONFIG_PATH = "/etc/orderflow/migrate.env"
 # `dev up` also exports where its stack listens (SMTP host and port); those are not settings.
 DEV_PREFIX = "ORDERFLOW_DEV_"
 
@@ -122,7 +126,9 @@ SETTINGS: tuple[Setting, ...] = (
         "ORDERFLOW_MIGRATE_DATABASE_URL",
         _text,
         "",
-        "PostgreSQL URL of the schema owner for `db migrate`; empty means the runtime URL.",
+        "PostgreSQL URL of the schema owner, read only by `db migrate` from its own file"
+        " (--migrate-config, default /etc/orderflow/migrate.env, root 0600) or environment;"
+        " refused in the settings file the services read. Empty means the runtime URL.",
     ),
     Setting("ORDERFLOW_REDIS_URL", _text, None, "Redis URL for RQ queues and metric counters."),
     Setting("ORDERFLOW_S3_ENDPOINT_URL", _text, "", "S3 endpoint; empty means AWS's default."),
@@ -401,7 +407,11 @@ class Settings:
 
     @property
     def migrate_url(self) -> str:
-        return self._values["ORDERFLOW_MIGRATE_DATABASE_URL"] or self.database_url
+        """The schema owner's URL; set only in settings from load_migrate_settings."""
+        return self._values[MIGRATE_URL_SETTING] or self.database_url
+
+    def with_migrate_url(self, url: str) -> Settings:
+        return Settings({**self._values, MIGRATE_URL_SETTING: url}, self.source)
 
     @property
     def effective_authserv_id(self) -> str:
@@ -421,7 +431,19 @@ def load_settings(
             raw.update(read_env_file(path))
         except OSError as error:
             raise SettingsError(f"cannot read config file {path}: {error.strerror}") from None
-    raw.update({key: value for key, value in environ.items() if key.startswith("ORDERFLOW_")})
+    if MIGRATE_URL_SETTING in raw:
+        raise SettingsError(
+            f"{MIGRATE_URL_SETTING} must not be in {path}: every service reads that file; put"
+            f" the schema owner's URL in {DEFAULT_MIGRATE_CONFIG_PATH} (root, mode 0600), which"
+            " only `db migrate` reads"
+        )
+    raw.update(
+        {
+            key: value
+            for key, value in environ.items()
+            if key.startswith("ORDERFLOW_") and key != MIGRATE_URL_SETTING
+        }
+    )
     unknown = sorted(
         key
         for key in raw
@@ -441,3 +463,33 @@ def load_settings(
     if not values["ORDERFLOW_INGEST_DOMAINS"]:
         raise SettingsError("ORDERFLOW_INGEST_DOMAINS is required: name at least one domain")
     return Settings(values, path)
+
+
+def load_migrate_settings(
+    explicit_path: str | None = None,
+    migrate_path: str | None = None,
+    environ: Mapping[str, str] | None = None,
+) -> Settings:
+    """The settings of `db migrate`: the services' file plus the schema owner's URL.
+
+    The owner's URL comes from $ORDERFLOW_MIGRATE_DATABASE_URL, else from `migrate_path`
+    (default /etc/orderflow/migrate.env when it exists), a file that may hold nothing else.
+    """
+    environ = os.environ if environ is None else environ
+    settings = load_settings(explicit_path, environ)
+    path = migrate_path or (
+        DEFAULT_MIGRATE_CONFIG_PATH if os.path.exists(DEFAULT_MIGRATE_CONFIG_PATH) else None
+    )
+    url = ""
+    if path is not None:
+        try:
+            values = read_env_file(path)
+        except OSError as error:
+            raise SettingsError(
+                f"cannot read migrate config file {path}: {error.strerror}"
+            ) from None
+        other = sorted(set(values) - {MIGRATE_URL_SETTING})
+        if other:
+            raise SettingsError(f"{path} may hold only {MIGRATE_URL_SETTING}, not {other[0]}")
+        url = values.get(MIGRATE_URL_SETTING, "")
+    return settings.with_migrate_url(environ.get(MIGRATE_URL_SETTING) or url)

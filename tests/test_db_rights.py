@@ -11,7 +11,6 @@ from __future__ import annotations
 import re
 import uuid
 from collections.abc import Iterator
-from datetime import UTC, datetime
 from typing import Any
 
 import psycopg
@@ -60,27 +59,13 @@ def _refused(conn: psycopg.Connection[Any], query: str, params: Any = None) -> B
 
 
 def _parsed_message(conn: psycopg.Connection[dict[str, Any]]) -> str:
-    """A message taken RECEIVED -> STORED -> PARSED the way the services do it."""
-    org_id = conn.execute("SELECT id::text AS id FROM org WHERE slug = 'acme'").fetchone()["id"]  # type: ignore[index]
-    row = messages.insert_received(
-        conn,  # type: ignore[arg-type]
-        messages.NewMessage(
-            org_id=org_id,
-            source_message_id=f"<{uuid.uuid4().hex}@rights.example>",
-            message_id_synthetic=False,
-            from_email="buyer@customer.example",
-            to_email="orders+acme@orderflow.test",
-            subject="rights",
-            received_at=datetime.now(UTC),
-            sha256="0" * 64,
-            size_bytes=1,
-            trace_id=uuid.uuid4().hex,
-            envelope_sender="buyer@customer.example",
-            envelope_recipient="orders+acme@orderflow.test",
-            postfix_queue_id="RIGHTS1",
-            auth_results=None,
-        ),
-    )
+    """A message taken RECEIVED -> STORED -> PARSED by the runtime role, as the services do."""
+    row = conn.execute(
+        "INSERT INTO inbound_message (org_id, source, source_message_id, received_at, status,"
+        " trace_id) SELECT id, 'EMAIL', %s, now(), 'RECEIVED', %s FROM org WHERE slug = 'acme'"
+        " RETURNING id::text AS id",
+        (f"<{uuid.uuid4().hex}@rights.example>", uuid.uuid4().hex),
+    ).fetchone()
     assert row is not None
     message_id = str(row["id"])
     assert messages.mark_stored(conn, message_id, f"raw/{message_id}")  # type: ignore[arg-type]

@@ -154,14 +154,22 @@ class Stack:
     def settings(self) -> Any:
         """The validated settings of the env file (the shell's ORDERFLOW_* never leak in)."""
         if self._settings is None:
-            from orderflow_ingest.settings import load_settings
+            from orderflow_ingest.settings import load_migrate_settings
 
-            self._settings = load_settings(str(self.config_path), environ={})
+            self._settings = load_migrate_settings(
+                str(self.config_path), str(self.migrate_config_path), environ={}
+            )
         return self._settings
+
+    @property
+    def migrate_config_path(self) -> Path:
+        """The schema owner's URL, root-only, as /etc/orderflow/migrate.env on a host."""
+        return self.config_path.with_name("migrate.env")
 
     @property
     def env(self) -> dict[str, str]:
         values = self.setting_values()
+        values.update(self.migrate_values())  # a dev shell may run `db migrate` too
         values["ORDERFLOW_DEV_SMTP_HOST"] = self.smtp_host
         values["ORDERFLOW_DEV_SMTP_PORT"] = str(self.smtp_port)
         values["ORDERFLOW_DEV_DIR"] = str(self.base_dir)
@@ -218,13 +226,8 @@ class Stack:
         values: dict[str, str] = {}
         if self.options.uses_external("ORDERFLOW_DATABASE_URL"):
             values["ORDERFLOW_DATABASE_URL"] = external["ORDERFLOW_DATABASE_URL"]
-            values["ORDERFLOW_MIGRATE_DATABASE_URL"] = external.get(
-                "ORDERFLOW_MIGRATE_DATABASE_URL", ""
-            )
         else:
-            runtime, owner = self.postgres.urls()
-            values["ORDERFLOW_DATABASE_URL"] = runtime
-            values["ORDERFLOW_MIGRATE_DATABASE_URL"] = owner
+            values["ORDERFLOW_DATABASE_URL"] = self.postgres.urls()[0]
         values["ORDERFLOW_REDIS_URL"] = (
             external["ORDERFLOW_REDIS_URL"]
             if self.options.uses_external("ORDERFLOW_REDIS_URL")
@@ -323,6 +326,14 @@ class Stack:
         self.ctx.allocate_ports("s3", ("s3",))
         self._write_env_file()
 
+    def migrate_values(self) -> dict[str, str]:
+        """What migrate.env holds: the schema owner's URL, kept out of the services' file."""
+        if self.options.uses_external("ORDERFLOW_DATABASE_URL"):
+            owner = self.options.external.get("ORDERFLOW_MIGRATE_DATABASE_URL", "")
+        else:
+            owner = self.postgres.urls()[1]
+        return {"ORDERFLOW_MIGRATE_DATABASE_URL": owner} if owner else {}
+
     def _write_env_file(self) -> None:
         """The settings file pipe(8)'s deliver reads: root-owned, readable by the service group."""
         lines = [
@@ -332,6 +343,11 @@ class Stack:
         lines.extend(f"{name}={value}" for name, value in sorted(self.setting_values().items()))
         accounts.write_file(
             self.config_path, "\n".join(lines) + "\n", 0o640, "root", self.options.service_user
+        )
+        owner_lines = ["# The schema owner's URL: read by `db migrate` only, root only."]
+        owner_lines.extend(f"{name}={value}" for name, value in self.migrate_values().items())
+        accounts.write_file(
+            self.migrate_config_path, "\n".join(owner_lines) + "\n", 0o600, "root", "root"
         )
         self._settings = None
         from orderflow_ingest.settings import SettingsError
