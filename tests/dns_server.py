@@ -13,7 +13,7 @@ import threading
 from collections.abc import Iterable
 from typing import Any
 
-from dnslib import AAAA, CNAME, MX, QTYPE, RCODE, RR, TXT, A, DNSLabel
+from dnslib import AAAA, CNAME, MX, PTR, QTYPE, RCODE, RR, TXT, A, DNSLabel
 from dnslib.server import BaseResolver, DNSError, DNSLogger, DNSServer
 
 
@@ -105,6 +105,12 @@ class LoopbackDns:
 
     def mx(self, name: str, preference: int, exchange: str) -> None:
         self._add(name, "MX", MX(exchange, preference))
+
+    def ptr(self, address: str, target: str) -> None:
+        """A PTR record for an IPv4 or IPv6 address (the reverse name is derived)."""
+        import ipaddress
+
+        self._add(ipaddress.ip_address(address).reverse_pointer, "PTR", PTR(target))
 
     def cname(self, name: str, target: str) -> None:
         with self.lock:

@@ -15,13 +15,13 @@ import struct
 import subprocess
 import urllib.request
 from collections.abc import Callable
-from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
+from orderflow_ingest.ops import mx_checks
+from orderflow_ingest.ops.checks import FAIL, OK, SKIP, WARN, Check
 from orderflow_ingest.settings import Settings
 
-OK, WARN, FAIL, SKIP = "ok", "warn", "fail", "skip"
 COMMAND_TIMEOUT = 20.0
 SOCKET_TIMEOUT = 5.0
 DEFAULT_MIN_FREE = 1024**3
@@ -34,19 +34,6 @@ SMFIC_QUIT = b"Q"
 MILTER_VERSION = 6
 MILTER_ACTIONS = 0x1FF
 MILTER_PROTOCOL = 0x1FFFFF
-
-
-@dataclass
-class Check:
-    name: str
-    status: str
-    detail: str
-
-    def as_dict(self) -> dict[str, Any]:
-        return asdict(self)
-
-    def line(self) -> str:
-        return f"{self.status.upper():<4}  {self.name:<18} {self.detail}"
 
 
 def run(command: list[str], timeout: float = COMMAND_TIMEOUT) -> subprocess.CompletedProcess[str]:
@@ -383,6 +370,23 @@ def check_exporter(settings: Settings) -> Check:
     return Check("exporter", OK, f"{url} answers")
 
 
+def check_public_face(settings: Settings) -> list[Check]:
+    """The smtpd certificate and the DNS a sender reads (MX, PTR) for this host's name."""
+    config_dir = settings.postfix_config_dir
+    if not Path(config_dir, "main.cf").is_file():
+        return [Check("tls certificate", SKIP, f"no main.cf in {config_dir}")]
+    hostname = postconf(config_dir, "myhostname")
+    checks: list[Check] = []
+    if postconf(config_dir, "smtpd_tls_security_level") in ("", "none"):
+        checks.append(Check("tls certificate", WARN, "smtpd TLS is off (smtpd_tls_security_level)"))
+    else:
+        cert_file = postconf(config_dir, "smtpd_tls_cert_file")
+        checks.append(mx_checks.check_certificate(cert_file, hostname))
+    resolver = mx_checks.make_resolver(settings.dns_servers)
+    checks.extend(mx_checks.check_dns(resolver, settings.ingest_domains, hostname))
+    return checks
+
+
 def _error(error: BaseException) -> str:
     text = str(error).strip().splitlines()
     return f"{type(error).__name__}: {text[0][:200]}" if text else type(error).__name__
@@ -400,6 +404,7 @@ def run_checks(settings: Settings, min_free: int = DEFAULT_MIN_FREE) -> list[Che
         lambda: check_deliver_socket(settings),
         lambda: check_disks(settings, min_free),
         lambda: check_exporter(settings),
+        lambda: check_public_face(settings),
     ]
     for step in steps:
         try:
