@@ -8,6 +8,7 @@ Also the regression tests for what fuzzing found, each named after the fault.
 from __future__ import annotations
 
 import io
+import subprocess
 import sys
 import tempfile
 from pathlib import Path
@@ -26,8 +27,6 @@ RUNS = 2000
 @pytest.mark.slow
 @pytest.mark.parametrize("target", run_all.TARGETS)
 def test_fuzz_target_holds_its_invariants_for_fixed_inputs(target: str, tmp_path: Path) -> None:
-    import subprocess
-
     (tmp_path / "corpus").mkdir()
     flags = [f"-runs={RUNS}", "-seed=1", "-timeout=120"]
     run = subprocess.run(
@@ -54,6 +53,36 @@ def test_fuzz_target_holds_on_every_seed(target: str) -> None:
             check(seed.read_bytes())
         except AssertionError as error:
             raise AssertionError(f"{target}/{seed.name}: {error}") from error
+
+
+def _deliver_asan(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, str(FUZZ / "deliver_asan.py"), "--seed", "1", *args],
+        capture_output=True,
+        text=True,
+        check=False,
+        timeout=900,
+    )
+
+
+@pytest.mark.slow
+def test_deliver_c_under_asan_ubsan_survives_hostile_arguments_settings_and_replies() -> None:
+    """deliver.c with -fsanitize=address,undefined: hostile argv, settings files, standard
+    input and a fake service answering garbled, cut or overlong replies. Exit 0/67/75 only,
+    no sanitizer report, one printable line out, a 0 only for a message that arrived whole."""
+    run = _deliver_asan("--cases", "300", "--mode", "hostile")
+    assert run.returncode == 0, run.stdout[-6000:] + run.stderr[-3000:]
+    print(run.stdout.strip())
+
+
+@pytest.mark.slow
+def test_deliver_c_killed_parent_never_delivers_a_cut_message_as_complete() -> None:
+    """deliver_asan fuzzing (issue 10 item 1): pipe(8) SIGKILLed after writing part of the
+    message. The kernel closes the dying parent's pipe before it reparents the client, so
+    deliver.c's `getppid() != parent` check after EOF often still sees the old parent and sends
+    the trailer: the service receives the prefix as a complete, verified message."""
+    run = _deliver_asan("--cases", "20", "--mode", "parent-killed")
+    assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:]
 
 
 # --- regressions: what the fuzzers found -----------------------------------------------------
