@@ -5,10 +5,13 @@ so, 75 for everything else, never a traceback, path or errno in what it prints."
 
 from __future__ import annotations
 
+import contextlib
 import os
+import shutil
 import socket
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 from collections.abc import Iterator
@@ -18,7 +21,7 @@ from typing import Any
 import pytest
 
 from orderflow_ingest.pipe.build import build, client_path
-from orderflow_ingest.pipe.protocol import parse_envelope
+from orderflow_ingest.pipe.protocol import WireEnvelope, WireError, decode
 
 BODY = b"Subject: x\r\n\r\nbody\r\n"
 
@@ -57,12 +60,14 @@ class FakeService:
             if self.reply == "hang":
                 time.sleep(30)
             elif isinstance(self.reply, bytes):
-                conn.sendall(self.reply)
+                with contextlib.suppress(OSError):  # the client may have given up already
+                    conn.sendall(self.reply)
 
     def envelope(self) -> tuple[tuple[str, str, str], bytes]:
-        parsed = parse_envelope(self.received)
-        assert parsed is not None, self.received[:100]
-        return parsed
+        """What arrived, decoded and verified as the service does (trailer count and hash)."""
+        wire, message = decode(self.received, 10**9)
+        assert isinstance(wire, WireEnvelope)
+        return (wire.sender, wire.recipient, wire.queue_id), message
 
     def close(self) -> None:
         self.listener.close()
@@ -215,14 +220,19 @@ def test_service_down_defers_with_a_short_text(client: Path, tmp_path: Path) -> 
     "config_text",
     [
         None,  # --config names a file that is not there
+        "DIRECTORY",  # --config names something that cannot be read as a file
         "ORDERFLOW_DELIVER_TIMEOUT=soon\n",
         "ORDERFLOW_DELIVER_TIMEOUT=-1\n",
         "ORDERFLOW_DELIVER_SOCKET=/" + "x" * 200 + "\n",  # longer than a unix socket path
+        "ORDERFLOW_DELIVER_SOCKET=\n",  # empty: would be an abstract socket anyone can bind
+        "ORDERFLOW_DELIVER_SOCKET=run/deliver.sock\n",  # relative: depends on the cwd
     ],
 )
 def test_broken_settings_defer(client: Path, tmp_path: Path, config_text: str | None) -> None:
     config = tmp_path / "ingest.env"
-    if config_text is not None:
+    if config_text == "DIRECTORY":
+        config.mkdir()
+    elif config_text is not None:
         config.write_text(config_text)
     result = run(client, ["--config", str(config), "--sender", "a@b", "--", "x@y"])
     assert result.returncode == 75
@@ -279,3 +289,78 @@ def test_orderflow_ingest_deliver_runs_the_installed_client(service: Any, tmp_pa
     )  # fmt: skip
     assert missing.returncode == 75
     assert missing.stdout == b"temporary failure (transport misconfigured)\n"
+
+
+@pytest.mark.parametrize("value", ["", "relative.sock", "./deliver.sock"])
+def test_empty_or_relative_deliver_socket_in_the_environment_defers(
+    client: Path, value: str
+) -> None:
+    """Issue 10 item 12: no abstract or cwd-relative socket, whatever the source."""
+    result = run(client, ["--sender", "a@b", "--", "x@y"], {"ORDERFLOW_DELIVER_SOCKET": value})
+    assert result.returncode == 75
+    assert result.stdout == b"temporary failure (transport misconfigured)\n"
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="needs root to run the client as nobody")
+def test_unreadable_config_file_defers_never_silent_defaults(
+    client: Path, service: Any, request: pytest.FixtureRequest
+) -> None:
+    """Issue 10 item 12: a --config (or $ORDERFLOW_CONFIG) the pipe user cannot read is 75,
+    even when the defaults would have worked (here: the socket from the environment)."""
+    fake = service()
+    # pytest's tmp_path is under a 0700 directory: nobody needs a path it can traverse.
+    shared = Path(tempfile.mkdtemp(prefix="orderflow-client-", dir="/tmp"))
+    shared.chmod(0o755)
+    request.addfinalizer(lambda: shutil.rmtree(shared, ignore_errors=True))
+    client = Path(shutil.copy2(client, shared / "orderflow-deliver"))
+    config = config_for(shared, fake.path)
+    config.chmod(0o600)  # root's; the client runs as nobody
+    env = {"ORDERFLOW_DELIVER_SOCKET": str(fake.path)}
+
+    def as_nobody(args: list[str], env: dict[str, str]) -> subprocess.CompletedProcess[bytes]:
+        return subprocess.run(
+            [str(client), *args],
+            input=BODY,
+            capture_output=True,
+            env=env,
+            timeout=30,
+            check=False,
+            user="nobody",
+            group="nogroup",
+        )
+
+    for args, environment in (
+        (["--config", str(config), "--sender", "a@b", "--", "x@y"], env),
+        (["--sender", "a@b", "--", "x@y"], {**env, "ORDERFLOW_CONFIG": str(config)}),
+        (["--config", "", "--sender", "a@b", "--", "x@y"], env),
+    ):
+        result = as_nobody(args, environment)
+        assert result.returncode == 75, args
+        assert result.stdout == b"temporary failure (transport misconfigured)\n"
+    assert fake.received == b""
+
+
+def test_input_cut_off_by_a_deadline_sends_no_trailer(
+    client: Path, service: Any, tmp_path: Path
+) -> None:
+    """Issue 10 item 1: a client whose deadline fires mid-message leaves a stream the service
+    cannot mistake for a complete message (no trailer), however much of it arrived."""
+    fake = service()
+    config = config_for(tmp_path, fake.path, timeout="1")
+    reader, writer = os.pipe()
+    with subprocess.Popen(
+        [str(client), "--config", str(config), "--sender", "a@b", "--", "x@y"],
+        stdin=reader,
+        stdout=subprocess.PIPE,
+        env={},
+    ) as process:
+        os.close(reader)
+        os.write(writer, BODY)  # part of a message; the rest never comes
+        stdout, _ = process.communicate(timeout=20)
+    os.close(writer)
+    assert process.returncode == 75
+    assert stdout == b"temporary failure (deadline), try again later\n"
+    fake.thread.join(timeout=10)
+    assert BODY in fake.received
+    with pytest.raises(WireError, match="without a trailer"):
+        decode(fake.received, 10**9)

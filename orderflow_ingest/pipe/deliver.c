@@ -12,7 +12,13 @@
  * Settings: ORDERFLOW_DELIVER_SOCKET and ORDERFLOW_DELIVER_TIMEOUT, from the environment or
  * else the env file (--config, then $ORDERFLOW_CONFIG, then /etc/orderflow/ingest.env if it
  * exists), read as settings.py reads it: KEY=value lines, `export ` and one pair of matching
- * quotes stripped, nothing expanded.
+ * quotes stripped, nothing expanded. A named file that cannot be read is an error (75), never
+ * silent defaults; the socket must be an absolute path (an empty one would be an abstract
+ * socket anyone can bind).
+ *
+ * The message goes in counted chunks and ends with a trailer (byte count and sha256), sent
+ * only after a clean end of standard input while pipe(8) is still our parent: killed, timed
+ * out or cut off, the client sends no trailer and the service stores nothing (protocol.py).
  *
  * pipe(8) bounces on any status but 0, 71 and 75 and quotes what we print to a possibly forged
  * sender: so every failure here exits 75 with a short fixed text, never a path or an errno.
@@ -24,18 +30,17 @@
 #include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
+#include <stdint.h>
 #include <string.h>
 #include <sys/socket.h>
 #include <sys/un.h>
-#include <time.h>
+#include <sysexits.h>
 #include <unistd.h>
 
-#define EX_OK 0
-#define EX_NOUSER 67
-#define EX_TEMPFAIL 75
-#define VERSION "OFI1"
+#define VERSION "OFI2"
 #define MAX_ENVELOPE (64 * 1024)
 #define CHUNK (64 * 1024)
+#define HEADROOM 16 /* room for a chunk's "<len>\n" in front of its bytes */
 #define MAX_REPLY 4096
 #define DEFAULT_CONFIG "/etc/orderflow/ingest.env"
 #define DEFAULT_SOCKET "/run/orderflow/deliver.sock"
@@ -56,8 +61,10 @@ static void finish(int status, const char *text, size_t length) {
     _exit(status);
 }
 
+/* Defer with a fixed text. */
 static void fail(const char *text) { finish(EX_TEMPFAIL, text, strlen(text)); }
 
+/* SIGALRM: the one deadline of the whole delivery passed. */
 static void on_deadline(int signum) {
     (void)signum;
     finish(EX_TEMPFAIL, DEADLINE, sizeof DEADLINE - 1);
@@ -74,7 +81,7 @@ static void read_settings(const char *path, struct setting *settings, size_t cou
                           int required_file) {
     FILE *file = fopen(path, "r");
     if (file == NULL) {
-        if (required_file)
+        if (required_file || errno != ENOENT) /* only an absent default file means defaults */
             fail(MISCONFIGURED);
         return;
     }
@@ -113,6 +120,8 @@ static void read_settings(const char *path, struct setting *settings, size_t cou
             wanted->from_file = strdup(value); /* the last assignment wins, as in settings.py */
         }
     }
+    if (ferror(file)) /* a directory, an I/O error: the file was not read */
+        fail(MISCONFIGURED);
     free(line);
     fclose(file);
 }
@@ -125,6 +134,7 @@ static const char *setting_value(const struct setting *setting, const char *fall
     return setting->from_file != NULL ? setting->from_file : fallback;
 }
 
+/* Send everything or defer: the service gone mid-message is a retry. */
 static void send_all(int fd, const char *data, size_t length) {
     while (length > 0) {
         ssize_t sent = send(fd, data, length, MSG_NOSIGNAL);
@@ -138,6 +148,89 @@ static void send_all(int fd, const char *data, size_t length) {
     }
 }
 
+/* SHA-256 (FIPS 180-4) for the trailer, so the client needs no library at build time. */
+struct sha256 {
+    uint32_t state[8];
+    uint64_t length;
+    unsigned char block[64];
+    size_t used;
+};
+
+static const uint32_t K[64] = {
+    0x428a2f98, 0x71374491, 0xb5c0fbcf, 0xe9b5dba5, 0x3956c25b, 0x59f111f1, 0x923f82a4,
+    0xab1c5ed5, 0xd807aa98, 0x12835b01, 0x243185be, 0x550c7dc3, 0x72be5d74, 0x80deb1fe,
+    0x9bdc06a7, 0xc19bf174, 0xe49b69c1, 0xefbe4786, 0x0fc19dc6, 0x240ca1cc, 0x2de92c6f,
+    0x4a7484aa, 0x5cb0a9dc, 0x76f988da, 0x983e5152, 0xa831c66d, 0xb00327c8, 0xbf597fc7,
+    0xc6e00bf3, 0xd5a79147, 0x06ca6351, 0x14292967, 0x27b70a85, 0x2e1b2138, 0x4d2c6dfc,
+    0x53380d13, 0x650a7354, 0x766a0abb, 0x81c2c92e, 0x92722c85, 0xa2bfe8a1, 0xa81a664b,
+    0xc24b8b70, 0xc76c51a3, 0xd192e819, 0xd6990624, 0xf40e3585, 0x106aa070, 0x19a4c116,
+    0x1e376c08, 0x2748774c, 0x34b0bcb5, 0x391c0cb3, 0x4ed8aa4a, 0x5b9cca4f, 0x682e6ff3,
+    0x748f82ee, 0x78a5636f, 0x84c87814, 0x8cc70208, 0x90befffa, 0xa4506ceb, 0xbef9a3f7,
+    0xc67178f2};
+
+#define ROR(x, n) (((x) >> (n)) | ((x) << (32 - (n))))
+
+/* Fold one 64-byte block into the state. */
+static void sha256_block(uint32_t *state, const unsigned char *p) {
+    uint32_t w[64], v[8];
+    for (int i = 0; i < 16; i++)
+        w[i] = (uint32_t)p[4 * i] << 24 | (uint32_t)p[4 * i + 1] << 16 |
+               (uint32_t)p[4 * i + 2] << 8 | (uint32_t)p[4 * i + 3];
+    for (int i = 16; i < 64; i++)
+        w[i] = w[i - 16] + (ROR(w[i - 15], 7) ^ ROR(w[i - 15], 18) ^ (w[i - 15] >> 3)) +
+               w[i - 7] + (ROR(w[i - 2], 17) ^ ROR(w[i - 2], 19) ^ (w[i - 2] >> 10));
+    memcpy(v, state, sizeof v);
+    for (int i = 0; i < 64; i++) {
+        uint32_t t1 = v[7] + (ROR(v[4], 6) ^ ROR(v[4], 11) ^ ROR(v[4], 25)) +
+                      ((v[4] & v[5]) ^ (~v[4] & v[6])) + K[i] + w[i];
+        uint32_t t2 = (ROR(v[0], 2) ^ ROR(v[0], 13) ^ ROR(v[0], 22)) +
+                      ((v[0] & v[1]) ^ (v[0] & v[2]) ^ (v[1] & v[2]));
+        memmove(v + 1, v, 7 * sizeof v[0]);
+        v[4] += t1;
+        v[0] = t1 + t2;
+    }
+    for (int i = 0; i < 8; i++)
+        state[i] += v[i];
+}
+
+/* Start a digest. */
+static void sha256_init(struct sha256 *ctx) {
+    static const uint32_t initial[8] = {0x6a09e667, 0xbb67ae85, 0x3c6ef372, 0xa54ff53a,
+                                        0x510e527f, 0x9b05688c, 0x1f83d9ab, 0x5be0cd19};
+    memcpy(ctx->state, initial, sizeof initial);
+    ctx->length = 0;
+    ctx->used = 0;
+}
+
+/* Add bytes to a digest. */
+static void sha256_update(struct sha256 *ctx, const unsigned char *data, size_t length) {
+    ctx->length += length;
+    while (length > 0) {
+        size_t take = 64 - ctx->used < length ? 64 - ctx->used : length;
+        memcpy(ctx->block + ctx->used, data, take);
+        ctx->used += take;
+        data += take;
+        length -= take;
+        if (ctx->used == 64) {
+            sha256_block(ctx->state, ctx->block);
+            ctx->used = 0;
+        }
+    }
+}
+
+/* Pad, and write the digest as 64 lower-case hex digits and a NUL into `hex`. */
+static void sha256_hex(struct sha256 *ctx, char hex[65]) {
+    uint64_t bits = ctx->length * 8;
+    unsigned char pad[72] = {0x80};
+    size_t pad_length = (ctx->used < 56 ? 56 : 120) - ctx->used;
+    for (int i = 0; i < 8; i++)
+        pad[pad_length + i] = (unsigned char)(bits >> (56 - 8 * i));
+    sha256_update(ctx, pad, pad_length + 8);
+    for (int i = 0; i < 32; i++)
+        snprintf(hex + 2 * i, 3, "%02x", (ctx->state[i / 4] >> (24 - 8 * (i % 4))) & 0xff);
+}
+
+/* Parse arguments and settings, hand the message over, relay the service's answer. */
 int main(int argc, char **argv) {
     const char *config = NULL, *sender = NULL, *queue_id = "", *recipient = NULL;
     int index = 1;
@@ -160,26 +253,33 @@ int main(int argc, char **argv) {
         fail(MISCONFIGURED);
     recipient = argv[index + 1];
 
-    if (config == NULL || *config == '\0') {
+    if (config != NULL && *config == '\0') /* `--config ""`: a broken master.cf line */
+        fail(MISCONFIGURED);
+    if (config == NULL) {
         const char *from_environment = getenv("ORDERFLOW_CONFIG");
-        config = (from_environment && *from_environment) ? from_environment : DEFAULT_CONFIG;
+        config = (from_environment && *from_environment) ? from_environment : NULL;
     }
+    int named = config != NULL; /* a file named by --config or $ORDERFLOW_CONFIG must be read */
     struct setting settings[] = {{"ORDERFLOW_DELIVER_SOCKET", NULL},
                                  {"ORDERFLOW_DELIVER_TIMEOUT", NULL}};
-    read_settings(config, settings, 2, strcmp(config, DEFAULT_CONFIG) != 0);
+    read_settings(named ? config : DEFAULT_CONFIG, settings, 2, named);
     const char *socket_path = setting_value(&settings[0], DEFAULT_SOCKET);
     const char *timeout_text = setting_value(&settings[1], DEFAULT_TIMEOUT);
     char *end = NULL;
     double timeout = strtod(timeout_text, &end);
     struct sockaddr_un address = {.sun_family = AF_UNIX};
     if (end == timeout_text || *end != '\0' || !(timeout > 0) || timeout > 86400 ||
-        strlen(socket_path) >= sizeof address.sun_path)
+        socket_path[0] != '/' || strlen(socket_path) >= sizeof address.sun_path)
         fail(MISCONFIGURED);
     strcpy(address.sun_path, socket_path);
 
-    /* One deadline for the whole delivery, as the Python client has. */
-    signal(SIGALRM, on_deadline);
+    /* One deadline for the whole delivery. */
+    struct sigaction on_alarm = {.sa_handler = on_deadline};
+    sigemptyset(&on_alarm.sa_mask);
+    if (sigaction(SIGALRM, &on_alarm, NULL) != 0)
+        fail(UNAVAILABLE);
     alarm((unsigned)timeout + 1);
+    pid_t parent = getppid(); /* pipe(8): if it dies, our input ended early, not cleanly */
 
     size_t payload = strlen(VERSION) + strlen(sender) + strlen(recipient) + strlen(queue_id) + 3;
     if (payload > MAX_ENVELOPE)
@@ -203,17 +303,32 @@ int main(int argc, char **argv) {
         fail(UNAVAILABLE);
     send_all(fd, envelope, (size_t)(cursor - envelope));
 
-    static char buffer[CHUNK];
+    /* The message in chunks `<len>\n<bytes>`, each length written just before its bytes. */
+    static char buffer[HEADROOM + CHUNK];
+    struct sha256 digest;
+    sha256_init(&digest);
     for (;;) {
-        ssize_t got = read(STDIN_FILENO, buffer, sizeof buffer);
+        ssize_t got = read(STDIN_FILENO, buffer + HEADROOM, CHUNK);
         if (got < 0 && errno == EINTR)
             continue;
         if (got < 0)
             fail(UNAVAILABLE);
         if (got == 0)
             break;
-        send_all(fd, buffer, (size_t)got);
+        sha256_update(&digest, (unsigned char *)buffer + HEADROOM, (size_t)got);
+        char header[HEADROOM];
+        int length = snprintf(header, sizeof header, "%zd\n", got);
+        memcpy(buffer + HEADROOM - length, header, (size_t)length);
+        send_all(fd, buffer + HEADROOM - length, (size_t)length + (size_t)got);
     }
+    /* A clean end of input: only now the trailer that makes the message complete. */
+    if (getppid() != parent)
+        fail(UNAVAILABLE);
+    unsigned long long total = digest.length; /* before sha256_hex adds its padding */
+    char hex[65], trailer[128];
+    sha256_hex(&digest, hex);
+    int trailer_length = snprintf(trailer, sizeof trailer, "0 %s %llu\n", hex, total);
+    send_all(fd, trailer, (size_t)trailer_length);
     if (shutdown(fd, SHUT_WR) != 0)
         fail(UNAVAILABLE);
 

@@ -13,6 +13,7 @@ import logging
 import os
 import signal
 import socket
+import sys
 import threading
 import time
 from collections.abc import Iterator
@@ -24,69 +25,133 @@ from orderflow_ingest.db import make_pool
 from orderflow_ingest.logs import log_event, reopen_logs, setup_logging
 from orderflow_ingest.outcomes import Outcome
 from orderflow_ingest.pipe.ingest import Backends, Envelope, deliver, spool
-from orderflow_ingest.pipe.protocol import CHUNK, format_reply, parse_envelope
+from orderflow_ingest.pipe.limits import checked_pipe_limits
+from orderflow_ingest.pipe.protocol import CHUNK, Decoder, TooLarge, WireError, format_reply
 from orderflow_ingest.queue import make_redis
-from orderflow_ingest.settings import Settings
+from orderflow_ingest.settings import Settings, SettingsError
 
 SOCKET_MODE = 0o660
+EX_CONFIG = 78
 
 
 class EmptyConnection(Exception):
     """A client connected and closed without a byte: a health probe, not a delivery."""
 
 
-def read_envelope(conn: socket.socket) -> tuple[Envelope, bytes]:
-    """The envelope, and whatever message bytes arrived with it."""
-    buffer = b""
-    while True:
-        parsed = parse_envelope(buffer)
-        if parsed is not None:
-            (sender, recipient, queue_id), rest = parsed
-            return Envelope(sender=sender, recipient=recipient, queue_id=queue_id or None), rest
-        data = conn.recv(CHUNK)
-        if not data:
-            if not buffer:
-                raise EmptyConnection
-            raise ValueError("connection closed before the envelope")
-        buffer += data
+class DeadlinePassed(Exception):
+    """The connection's one deadline passed before the message was complete."""
 
 
-def message_chunks(conn: socket.socket, first: bytes) -> Iterator[bytes]:
-    if first:
-        yield first
-    while True:
-        data = conn.recv(CHUNK)
-        if not data:
-            return
-        yield data
+class Connection:
+    """One client connection under one deadline for the whole exchange (not per read), so a
+    client that trickles bytes cannot hold a worker slot past ORDERFLOW_DELIVER_TIMEOUT."""
+
+    def __init__(self, conn: socket.socket, timeout: float, max_message: int):
+        self.conn = conn
+        self.deadline = time.monotonic() + timeout
+        self.decoder = Decoder(max_message)
+        self.error: Exception | None = None
+
+    def _recv(self) -> bytes:
+        remaining = self.deadline - time.monotonic()
+        if remaining <= 0:
+            raise DeadlinePassed
+        self.conn.settimeout(remaining)
+        try:
+            return self.conn.recv(CHUNK)
+        except TimeoutError:
+            raise DeadlinePassed from None
+        except OSError as error:  # the client went away (reset): not a whole message
+            raise WireError(f"connection error: {error.strerror}") from None
+
+    def read_envelope(self) -> tuple[Envelope, list[bytes]]:
+        """The envelope, and whatever message pieces arrived with it."""
+        pieces: list[bytes] = []
+        while self.decoder.envelope is None:
+            data = self._recv()
+            if not data:
+                if not self.decoder.started:
+                    raise EmptyConnection
+                self.decoder.finish()  # raises: closed before the envelope
+            pieces = self.decoder.feed(data)
+        wire = self.decoder.envelope
+        assert wire is not None  # the loop above ends only once it is set
+        envelope = Envelope(
+            sender=wire.sender, recipient=wire.recipient, queue_id=wire.queue_id or None
+        )
+        return envelope, pieces
+
+    def message_pieces(self, first: list[bytes]) -> Iterator[bytes]:
+        """The message's bytes up to a verified trailer and the client's end of stream.
+
+        A fault ends the iteration and is kept in `error` rather than raised into spool(),
+        which then returns normally and its file is closed by the caller."""
+        yield from first
+        try:
+            while True:
+                data = self._recv()
+                if not data:
+                    self.decoder.finish()
+                    return
+                yield from self.decoder.feed(data)
+        except (WireError, DeadlinePassed) as error:
+            self.error = error
 
 
-def handle(backends: Backends, conn: socket.socket) -> None:
-    """One delivery; whatever happens, the client gets one reply line if it is still there."""
+def handle(backends: Backends, conn: socket.socket, max_message: int) -> None:
+    """One delivery; whatever happens, the client gets one reply line if it is still there.
+
+    Nothing is handed to deliver() (no row, no S3 object) unless the whole message arrived,
+    as the trailer proves; anything less answers 75 and Postfix retries the whole message."""
     started = time.monotonic()
     outcome = Outcome.INTERNAL_ERROR
+    label: str | None = None
+    connection = Connection(conn, backends.settings.deliver_timeout, max_message)
     try:
-        conn.settimeout(backends.settings.deliver_timeout)
         try:
-            envelope, first = read_envelope(conn)
+            envelope, first = connection.read_envelope()
         except EmptyConnection:
             log_event("delivery.probe", logging.DEBUG)
             with suppress(OSError):
                 conn.close()
             return
-        message = spool(message_chunks(conn, first), backends.settings)
+        message = spool(connection.message_pieces(first), backends.settings)
         try:
+            if connection.error is not None:
+                raise connection.error
             outcome = deliver(backends, envelope, message)
         finally:
             message.file.close()
+    except (WireError, DeadlinePassed) as error:
+        outcome, label = _refused(error, connection)
     except Exception:
         log_event("delivery.internal_error", logging.ERROR, exc_info=True)
-    metrics.count("orderflow_deliveries_total", outcome=outcome.name.lower())
+    metrics.count("orderflow_deliveries_total", outcome=label or outcome.name.lower())
     metrics.observe("orderflow_delivery_seconds", time.monotonic() - started)
     with suppress(OSError):
         conn.sendall(format_reply(outcome.exit_status, outcome.text))
     with suppress(OSError):
         conn.close()
+
+
+def _refused(error: Exception, connection: Connection) -> tuple[Outcome, str]:
+    """Log why a connection did not carry a whole message; its outcome and metric label."""
+    if isinstance(error, DeadlinePassed):
+        outcome, label, reason = Outcome.TIMED_OUT, "timed_out", "deadline passed"
+    elif isinstance(error, TooLarge):
+        outcome, label, reason = Outcome.INTERNAL_ERROR, "too_large", str(error)
+    else:
+        outcome, label, reason = Outcome.INTERNAL_ERROR, "incomplete", str(error)
+    envelope = connection.decoder.envelope  # set even when the fault came in the same read
+    log_event(
+        "delivery.incomplete",
+        logging.WARNING,
+        reason=reason,
+        received_bytes=connection.decoder.total,
+        queue_id=envelope.queue_id if envelope else None,
+        recipient=envelope.recipient if envelope else None,
+    )
+    return outcome, label
 
 
 def bind_socket(settings: Settings) -> socket.socket:
@@ -109,7 +174,14 @@ def bind_socket(settings: Settings) -> socket.socket:
 
 
 def serve(settings: Settings) -> int:
-    """Start-up order: settings (validated by the caller), logs, clients, socket, serve."""
+    """Start-up order: settings (validated by the caller), Postfix's limits, logs, clients,
+    socket, serve. A deliver timeout that does not end before pipe(8)'s time limit refuses to
+    start (exit 78, as for any other configuration error)."""
+    try:
+        limits = checked_pipe_limits(settings)
+    except SettingsError as error:
+        print(f"configuration error: {error}", file=sys.stderr)
+        return EX_CONFIG
     setup_logging(settings.log_level, settings.log_file, component="deliver-service")
     os.makedirs(settings.spool_dir, mode=0o700, exist_ok=True)
     workers = settings.deliver_workers
@@ -136,7 +208,13 @@ def serve(settings: Settings) -> int:
     signal.signal(signal.SIGTERM, on_term)
     signal.signal(signal.SIGINT, on_term)
     signal.signal(signal.SIGHUP, lambda signum, frame: reopen_logs())
-    log_event("service.started", socket=settings.deliver_socket, workers=workers)
+    log_event(
+        "service.started",
+        socket=settings.deliver_socket,
+        workers=workers,
+        max_message=limits.max_message,
+        pipe_time_limit=limits.time_limit,
+    )
     slots = threading.BoundedSemaphore(workers)
     with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="deliver") as executor:
         while not stopping.is_set():
@@ -150,7 +228,7 @@ def serve(settings: Settings) -> int:
 
             def run(conn: socket.socket = conn) -> None:
                 try:
-                    handle(backends, conn)
+                    handle(backends, conn, limits.max_message)
                 finally:
                     slots.release()
 
