@@ -215,3 +215,8 @@ from orderflow_ingest.webhooks.command import webhook_app  # noqa: E402
 
 app.add_typer(webhook_app, name="webhook")
 app.command("webhook-dispatcher")(_webhook_dispatcher)
+
+# The HTTP API, API keys and the event log (orderflow_ingest/api/command.py).
+from orderflow_ingest.api.command import register as _register_api  # noqa: E402
+
+_register_api(app)

@@ -62,6 +62,36 @@ def _loopback_listen(value: str) -> str:
     return value
 
 
+def _at_least(minimum: int) -> Callable[[str], int]:
+    def parse(value: str) -> int:
+        number = int(value)
+        if number < minimum:
+            raise ValueError(f"must be at least {minimum}")
+        return number
+
+    return parse
+
+
+def _host_port(value: str) -> str:
+    """host:port ([v6]:port); whether a non-loopback host is allowed is checked at load."""
+    host, _, port = value.rpartition(":")
+    if not host.strip("[]") or not port.isdigit() or not 0 < int(port) < 65536:
+        raise ValueError("expected host:port, as in 127.0.0.1:8480")
+    return value
+
+
+def _link_ttl(value: str) -> int:
+    seconds = int(value)
+    if not 1 <= seconds <= 600:
+        raise ValueError("must be between 1 and 600 seconds (links are short-lived)")
+    return seconds
+
+
+def is_loopback_listen(value: str) -> bool:
+    host = value.rpartition(":")[0].strip("[]")
+    return host in ("::1", "localhost") or host.startswith("127.")
+
+
 def _choice(*allowed: str) -> Callable[[str], str]:
     def parse(value: str) -> str:
         if value not in allowed:
@@ -323,6 +353,31 @@ SETTINGS: tuple[Setting, ...] = (
         "",
         "Public base URL of the HTTP API for links in webhooks; empty gives relative /v1/ links.",
     ),
+    # The event log and the HTTP API (orderflow_ingest/events.py, orderflow_ingest/api).
+    Setting(
+        "ORDERFLOW_EVENT_RETENTION_DAYS",
+        _at_least(1),
+        "30",
+        "Days events are kept; `events prune` (a daily timer) deletes older ones.",
+    ),
+    Setting(
+        "ORDERFLOW_API_LISTEN",
+        _host_port,
+        "127.0.0.1:8480",
+        "Where `api` listens; loopback unless ORDERFLOW_API_ALLOW_PUBLIC_BIND (use a TLS proxy).",
+    ),
+    Setting(
+        "ORDERFLOW_API_ALLOW_PUBLIC_BIND",
+        _bool,
+        "false",
+        "Let ORDERFLOW_API_LISTEN name a non-loopback address (the API speaks plain HTTP).",
+    ),
+    Setting(
+        "ORDERFLOW_API_LINK_TTL",
+        _link_ttl,
+        "300",
+        "Seconds a signed raw/document download link stays valid (at most 600).",
+    ),
     # Operations.
     Setting(
         "ORDERFLOW_METRICS_LISTEN",
@@ -462,6 +517,13 @@ def load_settings(
             raise SettingsError(f"{setting.name}={text!r} is invalid: {error}") from None
     if not values["ORDERFLOW_INGEST_DOMAINS"]:
         raise SettingsError("ORDERFLOW_INGEST_DOMAINS is required: name at least one domain")
+    if not values["ORDERFLOW_API_ALLOW_PUBLIC_BIND"] and not is_loopback_listen(
+        values["ORDERFLOW_API_LISTEN"]
+    ):
+        raise SettingsError(
+            f"ORDERFLOW_API_LISTEN={values['ORDERFLOW_API_LISTEN']!r} is not loopback: put the"
+            " API behind a TLS proxy, or set ORDERFLOW_API_ALLOW_PUBLIC_BIND=true"
+        )
     return Settings(values, path)
 
 

@@ -40,6 +40,19 @@ GRANT SELECT, INSERT, UPDATE ON inbound_message_part TO {runtime};
 -- 002_runtime_rights
 GRANT EXECUTE ON FUNCTION orderflow_reprocess(uuid, text) TO {runtime};
 
+-- 004_event_log
+-- The event log (written by triggers as the invoking role, and by events.record): append-only.
+-- Since 004 inbound_message_event is a view over it (its line above stays).
+GRANT SELECT, INSERT ON event TO {runtime};
+-- Retention pruning deletes old events only through this function, with the owner's rights.
+GRANT EXECUTE ON FUNCTION orderflow_prune_events(interval, integer) TO {runtime};
+
+-- 005_api_keys
+-- `key create` inserts, `key revoke` and each request's last_used_at update; never deleted.
+GRANT SELECT, INSERT, UPDATE ON api_key TO {runtime};
+-- The API reads the link-signing key; only the owner changes it.
+GRANT SELECT ON api_link_key TO {runtime};
+
 -- 006_webhooks
 -- Endpoints are soft-deleted (deleted_at), deliveries change state: no DELETE.
 GRANT SELECT, INSERT, UPDATE ON webhook_endpoint TO {runtime};

@@ -1,0 +1,118 @@
+"""The API's message queries: every one filtered by the calling key's orgs."""
+
+from __future__ import annotations
+
+import base64
+import binascii
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+from psycopg import sql
+
+from orderflow_ingest.db import Conn
+
+SUMMARY = """
+  m.id::text AS id, m.org_id::text AS org_id, m.status, m.source_message_id AS message_id,
+  m.message_id_synthetic, m.from_email::text AS from_email, m.to_email::text AS to_email,
+  m.subject, m.received_at, m.size_bytes, m.sha256, m.trace_id,
+  (SELECT count(*) FROM document d WHERE d.inbound_message_id = m.id)::int AS document_count
+"""
+DETAIL = (
+    SUMMARY
+    + """, m.envelope_sender, m.envelope_recipient, m.postfix_queue_id, m.error_json AS error,
+  m.auth_results AS verdicts, m.raw_storage_key"""
+)
+
+
+class InvalidPageCursor(ValueError):
+    pass
+
+
+@dataclass(frozen=True)
+class MessageFilter:
+    statuses: tuple[str, ...] = ()
+    received_after: datetime | None = None
+    received_before: datetime | None = None
+    sender: str | None = None
+    subject: str | None = None
+    message_id: str | None = None
+    has_documents: bool | None = None
+
+
+def encode_page_cursor(received_at: datetime, message_id: str) -> str:
+    return base64.urlsafe_b64encode(f"{received_at.isoformat()}|{message_id}".encode()).decode()
+
+
+def decode_page_cursor(cursor: str) -> tuple[datetime, str]:
+    try:
+        text = base64.urlsafe_b64decode(cursor.encode("ascii")).decode("ascii")
+        when, message_id = text.split("|")
+        import uuid
+
+        return datetime.fromisoformat(when), str(uuid.UUID(message_id))
+    except (ValueError, UnicodeError, binascii.Error):
+        raise InvalidPageCursor("not a cursor this list handed out") from None
+
+
+def list_messages(
+    conn: Conn, org_ids: Sequence[str], where: MessageFilter, cursor: str | None, limit: int
+) -> tuple[list[dict[str, Any]], str | None]:
+    """Newest first; a page and the cursor of the next one (None at the end)."""
+    conditions: list[sql.Composable] = [sql.SQL("m.org_id = ANY(%s::uuid[])")]
+    params: list[Any] = [list(org_ids)]
+    if where.statuses:
+        conditions.append(sql.SQL("m.status = ANY(%s)"))
+        params.append(list(where.statuses))
+    if where.received_after is not None:
+        conditions.append(sql.SQL("m.received_at >= %s"))
+        params.append(where.received_after)
+    if where.received_before is not None:
+        conditions.append(sql.SQL("m.received_at < %s"))
+        params.append(where.received_before)
+    if where.sender:
+        conditions.append(sql.SQL("(m.from_email = %s::citext OR m.envelope_sender = %s)"))
+        params.extend([where.sender, where.sender])
+    if where.subject:
+        conditions.append(sql.SQL("strpos(lower(m.subject), lower(%s)) > 0"))
+        params.append(where.subject)
+    if where.message_id:
+        bare = where.message_id.strip().strip("<>")
+        conditions.append(sql.SQL("m.source_message_id IN (%s, %s)"))
+        params.extend([f"<{bare}>", bare])
+    if where.has_documents is not None:
+        conditions.append(
+            sql.SQL(
+                ("" if where.has_documents else "NOT ")
+                + "EXISTS (SELECT 1 FROM document d WHERE d.inbound_message_id = m.id)"
+            )
+        )
+    if cursor:
+        received_at, last_id = decode_page_cursor(cursor)
+        conditions.append(sql.SQL("(m.received_at, m.id) < (%s, %s::uuid)"))
+        params.extend([received_at, last_id])
+    params.append(limit + 1)
+    query = sql.SQL(
+        "SELECT {} FROM inbound_message m WHERE {} ORDER BY m.received_at DESC, m.id DESC LIMIT %s"
+    ).format(sql.SQL(SUMMARY), sql.SQL(" AND ").join(conditions))
+    rows = conn.execute(query, params).fetchall()
+    page = rows[:limit]
+    more = len(rows) > limit
+    next_cursor = encode_page_cursor(page[-1]["received_at"], page[-1]["id"]) if more else None
+    return page, next_cursor
+
+
+def get_message(conn: Conn, org_ids: Sequence[str], message_id: str) -> dict[str, Any] | None:
+    return conn.execute(
+        f"SELECT {DETAIL} FROM inbound_message m WHERE m.id = %s AND m.org_id = ANY(%s::uuid[])",
+        (message_id, list(org_ids)),
+    ).fetchone()
+
+
+def get_document(conn: Conn, org_ids: Sequence[str], document_id: str) -> dict[str, Any] | None:
+    return conn.execute(
+        "SELECT id::text AS id, org_id::text AS org_id, file_name, storage_key FROM document"
+        " WHERE id = %s AND org_id = ANY(%s::uuid[])",
+        (document_id, list(org_ids)),
+    ).fetchone()

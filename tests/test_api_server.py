@@ -1,0 +1,320 @@
+"""The HTTP API as a real server process (uvicorn, started by the CLI) and a real HTTP client,
+against messages delivered through the stack's Postfix and extracted by a real worker."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+from api_support import ALL_PERMISSIONS, api_server, bearer, create_key
+from conftest import send_mail
+from ops_support import run_worker, wait_status
+from samples import address, minimal_pdf, order_email
+
+pytestmark = pytest.mark.stack
+
+DOCS = Path(__file__).resolve().parent.parent / "docs"
+PROBLEM = "application/problem+json"
+
+
+@pytest.fixture(scope="module")
+def world(stack: Any, settings: Any) -> Iterator[dict[str, Any]]:
+    """One parsed order for acme, one for globex, keys for each, and the API running."""
+    import psycopg
+    from psycopg.rows import dict_row
+
+    acme_msg = order_email(attachments=[("PO-1.pdf", "application/pdf", minimal_pdf())])
+    globex_msg = order_email(
+        to=address("globex"), attachments=[("PO-2.pdf", "application/pdf", minimal_pdf())]
+    )
+    send_mail(stack, acme_msg, [address("acme")])
+    send_mail(stack, globex_msg, [address("globex")])
+    with psycopg.connect(settings.database_url, autocommit=True, row_factory=dict_row) as db:
+        wait_status(db, acme_msg["Message-ID"], ("STORED",))
+        wait_status(db, globex_msg["Message-ID"], ("STORED",), slug="globex")
+        run_worker(stack)
+        acme_row = wait_status(db, acme_msg["Message-ID"], ("PARSED",))
+        globex_row = wait_status(db, globex_msg["Message-ID"], ("PARSED",), slug="globex")
+
+        def doc_id(message: dict[str, Any]) -> str:
+            row = db.execute(
+                "SELECT id::text AS id FROM document WHERE inbound_message_id = %s",
+                (message["id"],),
+            ).fetchone()
+            assert row is not None
+            return str(row["id"])
+
+        acme_doc, globex_doc = doc_id(acme_row), doc_id(globex_row)
+    acme_key = create_key(stack, "acme-all", ("acme",), ALL_PERMISSIONS)
+    globex_key = create_key(stack, "globex-all", ("globex",), ALL_PERMISSIONS)
+    reader_key = create_key(stack, "acme-reader", ("acme",), ("messages:read",))
+    with api_server(stack) as base:
+        yield {
+            "base": base,
+            "acme": acme_row,
+            "globex": globex_row,
+            "acme_doc": acme_doc,
+            "globex_doc": globex_doc,
+            "acme_key": acme_key,
+            "globex_key": globex_key,
+            "reader_key": reader_key,
+            "acme_raw": acme_msg,
+        }
+
+
+def client(world: dict[str, Any], key: str = "acme_key") -> httpx.Client:
+    return httpx.Client(base_url=world["base"], headers=bearer(world[key]), timeout=30)
+
+
+def test_a_key_lists_only_its_own_orgs_messages(world: dict[str, Any]) -> None:
+    with client(world) as http:
+        response = http.get("/v1/messages", params={"limit": 200})
+    assert response.status_code == 200
+    ids = {item["id"] for item in response.json()["data"]}
+    assert world["acme"]["id"] in ids
+    assert world["globex"]["id"] not in ids
+    assert {item["org_id"] for item in response.json()["data"]} == {world["acme"]["org_id"]}
+
+
+def test_message_filters_and_cursor_pagination(world: dict[str, Any]) -> None:
+    message_id = world["acme"]["source_message_id"]
+    with client(world) as http:
+        found = http.get("/v1/messages", params={"message_id": message_id.strip("<>")}).json()
+        assert [item["id"] for item in found["data"]] == [world["acme"]["id"]]
+        assert (
+            http.get(
+                "/v1/messages",
+                params={"message_id": message_id, "has_documents": "false"},
+            ).json()["data"]
+            == []
+        )
+        assert (
+            http.get("/v1/messages", params={"message_id": message_id, "status": "FAILED"}).json()[
+                "data"
+            ]
+            == []
+        )
+        seen: list[str] = []
+        cursor = None
+        while True:
+            params: dict[str, Any] = {"limit": 1, "status": "PARSED"}
+            if cursor:
+                params["cursor"] = cursor
+            page = http.get("/v1/messages", params=params).json()
+            seen.extend(item["id"] for item in page["data"])
+            cursor = page["next_cursor"]
+            if cursor is None:
+                break
+        everything = http.get("/v1/messages", params={"limit": 200, "status": "PARSED"}).json()
+    assert seen == [item["id"] for item in everything["data"]]
+    assert len(seen) == len(set(seen))
+
+
+def test_one_message_has_verdicts_history_documents_and_skipped_parts(
+    world: dict[str, Any],
+) -> None:
+    with client(world) as http:
+        response = http.get(f"/v1/messages/{world['acme']['id']}")
+    assert response.status_code == 200
+    body = response.json()
+    assert body["status"] == "PARSED"
+    assert [h["type"] for h in body["history"]][:3] == [
+        "message.received",
+        "message.stored",
+        "document.created",
+    ]
+    assert body["history"][-1]["type"] == "message.parsed"
+    assert [d["file_name"] for d in body["documents"]] == ["PO-1.pdf"]
+    assert "storage_key" not in body["documents"][0]
+    assert any(part["decision"] for part in body["skipped_parts"])
+    assert "verdicts" in body
+
+
+def test_raw_download_through_a_short_lived_signed_link(
+    world: dict[str, Any], s3: Any, settings: Any
+) -> None:
+    with client(world) as http:
+        link = http.get(f"/v1/messages/{world['acme']['id']}/raw").json()
+    # The link is the credential: no API key on the download.
+    download = httpx.get(link["url"], timeout=30)
+    assert download.status_code == 200
+    assert download.headers["content-disposition"].startswith("attachment;")
+    stored = s3.get_object(Bucket=settings.s3_bucket, Key=world["acme"]["raw_storage_key"])
+    assert (
+        hashlib.sha256(download.content).digest() == hashlib.sha256(stored["Body"].read()).digest()
+    )
+    from datetime import UTC, datetime
+
+    expires = datetime.fromisoformat(link["expires_at"])
+    assert 0 < (expires - datetime.now(UTC)).total_seconds() <= 600
+    token = link["url"].rsplit("/", 1)[1]
+    forged = token[:-2] + ("AA" if token[-2:] != "AA" else "BB")
+    assert httpx.get(link["url"].replace(token, forged), timeout=30).status_code == 404
+
+
+def test_document_download_through_a_signed_link(world: dict[str, Any]) -> None:
+    with client(world) as http:
+        link = http.get(f"/v1/documents/{world['acme_doc']}/content").json()
+    download = httpx.get(link["url"], timeout=30)
+    assert download.status_code == 200
+    assert download.content == minimal_pdf()
+    assert 'filename="PO-1.pdf"' in download.headers["content-disposition"]
+
+
+def _endpoints(world: dict[str, Any]) -> list[tuple[str, str]]:
+    """Every object endpoint, pointed at globex's objects (the caller is acme's key)."""
+    message, document = world["globex"]["id"], world["globex_doc"]
+    return [
+        ("GET", f"/v1/messages/{message}"),
+        ("GET", f"/v1/messages/{message}/raw"),
+        ("GET", f"/v1/documents/{document}/content"),
+        ("POST", f"/v1/messages/{message}/reprocess"),
+    ]
+
+
+def test_another_orgs_objects_are_404_on_every_endpoint(world: dict[str, Any]) -> None:
+    with client(world) as http:
+        for method, path in _endpoints(world):
+            response = http.request(method, path)
+            assert response.status_code == 404, (method, path, response.text)
+            assert response.headers["content-type"].startswith(PROBLEM)
+        # The same paths with the owner's key exist (so the 404 above is the scope).
+    with client(world, "globex_key") as http:
+        for method, path in _endpoints(world):
+            if method == "GET":
+                assert http.request(method, path).status_code == 200, path
+
+
+def test_another_orgs_key_is_404_on_key_revocation(world: dict[str, Any], stack: Any) -> None:
+    with client(world, "globex_key") as http:
+        created = http.post(
+            "/v1/keys",
+            json={
+                "name": "globex-child",
+                "org_ids": [world["globex"]["org_id"]],
+                "permissions": ["messages:read"],
+            },
+        )
+        assert created.status_code == 201, created.text
+    with client(world) as http:
+        assert http.delete(f"/v1/keys/{created.json()['id']}").status_code == 404
+        listed = {key["id"] for key in http.get("/v1/keys").json()["data"]}
+        assert created.json()["id"] not in listed
+        # Creating a key for another org's id is the same 404.
+        response = http.post(
+            "/v1/keys",
+            json={
+                "name": "x",
+                "org_ids": [world["globex"]["org_id"]],
+                "permissions": ["messages:read"],
+            },
+        )
+        assert response.status_code == 404
+
+
+def test_another_orgs_events_are_not_in_the_feed(world: dict[str, Any]) -> None:
+    with client(world) as http:
+        feed = http.get("/v1/events", params={"limit": 1000}).json()
+    message_ids = {event["inbound_message_id"] for event in feed["data"]}
+    assert world["acme"]["id"] in message_ids
+    assert world["globex"]["id"] not in message_ids
+    assert {event["org_id"] for event in feed["data"]} == {world["acme"]["org_id"]}
+
+
+def test_event_feed_pages_by_cursor_and_filters_types(world: dict[str, Any]) -> None:
+    with client(world) as http:
+        everything = http.get("/v1/events", params={"limit": 1000}).json()["data"]
+        paged: list[int] = []
+        cursor = None
+        while True:
+            params: dict[str, Any] = {"limit": 2}
+            if cursor:
+                params["after"] = cursor
+            page = http.get("/v1/events", params=params).json()
+            if not page["data"]:
+                break
+            paged.extend(event["id"] for event in page["data"])
+            cursor = page["next_cursor"]
+        parsed = http.get("/v1/events", params={"types": "message.parsed"}).json()["data"]
+        bad = http.get("/v1/events", params={"after": "not-a-cursor"})
+    assert paged == [event["id"] for event in everything]
+    assert parsed and {event["type"] for event in parsed} == {"message.parsed"}
+    assert bad.status_code == 422 and bad.headers["content-type"].startswith(PROBLEM)
+
+
+def test_missing_or_wrong_keys_are_401_and_missing_permissions_403(
+    world: dict[str, Any],
+) -> None:
+    path = f"/v1/messages/{world['acme']['id']}"
+    bad_checksum = world["acme_key"][:-1] + ("a" if world["acme_key"][-1] != "a" else "b")
+    for headers in ({}, {"Authorization": "Bearer nope"}, bearer(bad_checksum)):
+        response = httpx.get(world["base"] + path, headers=headers, timeout=30)
+        assert response.status_code == 401
+        assert response.headers["content-type"].startswith(PROBLEM)
+        assert response.headers["www-authenticate"].startswith("Bearer")
+    with client(world, "reader_key") as http:
+        assert http.get(path).status_code == 200
+        denied = http.get(f"{path}/raw")
+        assert denied.status_code == 403
+        assert denied.json()["status"] == 403
+        assert http.get("/v1/events").status_code == 403
+        assert http.get("/v1/keys").status_code == 403
+
+
+def test_a_key_cannot_create_a_key_with_more_than_it_has(world: dict[str, Any]) -> None:
+    with client(world) as http:
+        child = http.post(
+            "/v1/keys",
+            json={
+                "name": "child",
+                "org_ids": [world["acme"]["org_id"]],
+                "permissions": ["messages:read"],
+            },
+        )
+        assert child.status_code == 201
+        secret = child.json()["secret"]
+        assert secret.startswith("ofi_live_")
+        assert "secret" not in json.dumps(http.get("/v1/keys").json())
+    with httpx.Client(base_url=world["base"], headers=bearer(secret), timeout=30) as http:
+        assert http.get("/v1/messages").status_code == 200
+        assert (
+            http.post(
+                "/v1/keys",
+                json={
+                    "name": "x",
+                    "org_ids": [world["acme"]["org_id"]],
+                    "permissions": ["raw:read"],
+                },
+            ).status_code
+            == 403
+        )
+    with client(world) as http:
+        revoked = http.delete(f"/v1/keys/{child.json()['id']}")
+        assert revoked.status_code == 200 and revoked.json()["revoked_at"]
+    assert (
+        httpx.get(world["base"] + "/v1/messages", headers=bearer(secret), timeout=30).status_code
+        == 401
+    )
+
+
+def test_reprocess_through_the_api_reopens_and_records_the_event(world: dict[str, Any]) -> None:
+    with client(world) as http:
+        response = http.post(f"/v1/messages/{world['acme']['id']}/reprocess")
+        assert response.status_code == 202, response.text
+        assert response.json()["action"] == "reopen"
+        history = http.get(f"/v1/messages/{world['acme']['id']}").json()["history"]
+        missing = http.post(f"/v1/messages/{uuid.uuid4()}/reprocess")
+    assert history[-1]["type"] == "message.reprocessed"
+    assert missing.status_code == 404
+
+
+def test_the_served_openapi_document_is_the_committed_one(world: dict[str, Any]) -> None:
+    served = httpx.get(world["base"] + "/v1/openapi.json", timeout=30).json()
+    committed = json.loads((DOCS / "openapi.json").read_text())
+    assert served == committed, "run `orderflow-ingest api --print-openapi > docs/openapi.json`"
