@@ -20,6 +20,28 @@ app = typer.Typer(
     add_completion=False,
     pretty_exceptions_enable=False,
 )
+
+
+def _print_version(value: bool) -> None:
+    if value:
+        from orderflow_ingest import version
+
+        typer.echo(f"orderflow-ingest {version()}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _main(
+    show_version: Annotated[
+        bool,
+        typer.Option(
+            "--version", callback=_print_version, is_eager=True, help="Print the version and exit."
+        ),
+    ] = False,
+) -> None:
+    """orderflow-ingest: purchase orders by email, from Postfix to documents."""
+
+
 db_app = typer.Typer(help="Database schema.", no_args_is_help=True)
 org_app = typer.Typer(help="Orgs: who may receive orders at orders+<slug>@<domain>.")
 app.add_typer(db_app, name="db")
