@@ -18,7 +18,8 @@ MESSAGE_COLUMNS = """
   id::text AS id, org_id::text AS org_id, source, source_message_id, message_id_synthetic,
   from_email::text AS from_email, to_email::text AS to_email, subject, received_at,
   raw_storage_key, status, error_json, sha256, size_bytes, trace_id, envelope_sender,
-  envelope_recipient, postfix_queue_id, auth_results, created_at, updated_at
+  envelope_recipient, postfix_queue_id, auth_results, created_at, updated_at, content_sha256,
+  conflict_of::text AS conflict_of
 """
 
 
@@ -40,46 +41,115 @@ class NewMessage:
     envelope_recipient: str
     postfix_queue_id: str | None
     auth_results: dict[str, Any] | None
+    # sha256 of the message as sent, without our own trace fields (the dedup gate's content).
+    content_sha256: str
+
+
+# Rows of one org and Message-ID with the same content as the message at hand. A row from
+# before content hashes (content_sha256 NULL) is the same content when its raw bytes are.
+_SAME_CONTENT = """
+  org_id = %(org_id)s::uuid AND source = 'EMAIL' AND source_message_id = %(message_id)s
+  AND (content_sha256 = %(content_sha256)s OR (content_sha256 IS NULL AND sha256 = %(sha256)s))
+"""
 
 
 def insert_received(conn: Conn, new: NewMessage) -> dict[str, Any] | None:
-    """The dedup gate: insert a RECEIVED row, or return None when (org, Message-ID) exists."""
+    """The dedup gate: insert a RECEIVED row, or return None when a row of the same org,
+    Message-ID and content exists (a duplicate: the caller finds it with `find_same_content`).
+
+    Another content under the same Message-ID is a new row linked to the first one by
+    `conflict_of`. An advisory lock per (org, Message-ID), held until the caller commits,
+    serialises copies of one Message-ID, so two conflicting copies arriving at once still
+    see each other; the unique index alone already collapses identical concurrent copies.
+    """
+    params = {
+        "org_id": new.org_id,
+        "message_id": new.source_message_id,
+        "synthetic": new.message_id_synthetic,
+        "from_email": new.from_email,
+        "to_email": new.to_email,
+        "subject": new.subject,
+        "received_at": new.received_at,
+        "sha256": new.sha256,
+        "size_bytes": new.size_bytes,
+        "trace_id": new.trace_id,
+        "envelope_sender": new.envelope_sender,
+        "envelope_recipient": new.envelope_recipient,
+        "postfix_queue_id": new.postfix_queue_id,
+        "auth_results": Jsonb(new.auth_results) if new.auth_results is not None else None,
+        "content_sha256": new.content_sha256,
+    }
+    conn.execute(
+        "SELECT pg_advisory_xact_lock("
+        "hashtextextended(%(org_id)s::text || ' ' || %(message_id)s::text, 0))",
+        params,
+    )
     return conn.execute(
         f"""
         INSERT INTO inbound_message (
           org_id, source, source_message_id, message_id_synthetic, from_email, to_email, subject,
           received_at, status, sha256, size_bytes, trace_id, envelope_sender, envelope_recipient,
-          postfix_queue_id, auth_results)
-        VALUES (%s, 'EMAIL', %s, %s, %s, %s, %s, %s, 'RECEIVED', %s, %s, %s, %s, %s, %s, %s)
-        ON CONFLICT (org_id, source, source_message_id) WHERE source_message_id IS NOT NULL
+          postfix_queue_id, auth_results, content_sha256, conflict_of)
+        SELECT %(org_id)s::uuid, 'EMAIL', %(message_id)s, %(synthetic)s, %(from_email)s::citext,
+          %(to_email)s::citext, %(subject)s::text, %(received_at)s, 'RECEIVED', %(sha256)s::text,
+          %(size_bytes)s, %(trace_id)s::text, %(envelope_sender)s::text,
+          %(envelope_recipient)s::text, %(postfix_queue_id)s::text, %(auth_results)s,
+          %(content_sha256)s::text,
+          (SELECT id FROM inbound_message
+            WHERE org_id = %(org_id)s::uuid AND source = 'EMAIL'
+              AND source_message_id = %(message_id)s AND conflict_of IS NULL
+            ORDER BY created_at, id LIMIT 1)
+        WHERE NOT EXISTS (SELECT 1 FROM inbound_message WHERE {_SAME_CONTENT})
+        ON CONFLICT (org_id, source, source_message_id, content_sha256)
+          WHERE source_message_id IS NOT NULL
         DO NOTHING
         RETURNING {MESSAGE_COLUMNS}
         """,
-        (
-            new.org_id,
-            new.source_message_id,
-            new.message_id_synthetic,
-            new.from_email,
-            new.to_email,
-            new.subject,
-            new.received_at,
-            new.sha256,
-            new.size_bytes,
-            new.trace_id,
-            new.envelope_sender,
-            new.envelope_recipient,
-            new.postfix_queue_id,
-            Jsonb(new.auth_results) if new.auth_results is not None else None,
-        ),
+        params,
+    ).fetchone()
+
+
+def find_same_content(
+    conn: Conn, org_id: str, source_message_id: str, content_sha256: str, sha256: str
+) -> dict[str, Any] | None:
+    """The row a duplicate delivery duplicates (see `insert_received`)."""
+    params = {
+        "org_id": org_id,
+        "message_id": source_message_id,
+        "content_sha256": content_sha256,
+        "sha256": sha256,
+    }
+    return conn.execute(
+        f"SELECT {MESSAGE_COLUMNS} FROM inbound_message WHERE {_SAME_CONTENT}"
+        " ORDER BY created_at, id LIMIT 1",
+        params,
     ).fetchone()
 
 
 def find_by_message_id(conn: Conn, org_id: str, source_message_id: str) -> dict[str, Any] | None:
+    """The first message of this org and Message-ID (conflicting later ones link to it)."""
     return conn.execute(
         f"SELECT {MESSAGE_COLUMNS} FROM inbound_message"
-        " WHERE org_id = %s AND source = 'EMAIL' AND source_message_id = %s",
+        " WHERE org_id = %s AND source = 'EMAIL' AND source_message_id = %s"
+        " ORDER BY conflict_of IS NOT NULL, created_at, id LIMIT 1",
         (org_id, source_message_id),
     ).fetchone()
+
+
+def message_id_conflicts(conn: Conn, inbound_message_id: str) -> list[dict[str, Any]]:
+    """The other messages of the same org and Message-ID with other content, oldest first:
+    for the first one its conflicts, for a conflict the first one and its siblings."""
+    return conn.execute(
+        f"""
+        SELECT {MESSAGE_COLUMNS} FROM inbound_message other
+        WHERE (other.org_id, other.source, other.source_message_id) = (
+            SELECT m.org_id, m.source, m.source_message_id FROM inbound_message m
+            WHERE m.id = %s)
+          AND other.id <> %s
+        ORDER BY other.created_at, other.id
+        """,
+        (inbound_message_id, inbound_message_id),
+    ).fetchall()
 
 
 def get_message(conn: Conn, inbound_message_id: str) -> dict[str, Any] | None:

@@ -51,6 +51,10 @@ HELP: dict[str, str] = {
     "smtp_attachment_extraction_duration_ms": "Time one attachment-extraction job took (ms).",
     "orderflow_deliveries_total": "pipe(8) deliveries by outcome (delivered, duplicate, ...).",
     "orderflow_duplicates_total": "Deliveries of a message already received, by org.",
+    "orderflow_message_conflicts_total": (
+        "Messages kept as their own row because an earlier one of the org has the same"
+        " Message-ID but other content, by org."
+    ),
     "orderflow_milter_decisions_total": "Milter decisions (accept/reject/tempfail) by reason.",
     "orderflow_milter_verdicts_total": "SPF, DKIM and DMARC results seen by the milter.",
     "orderflow_delivery_seconds": "Time the delivery service took for one delivery.",

@@ -17,7 +17,7 @@ from typing import Any
 
 from rq.job import Job
 
-from orderflow_ingest import documents
+from orderflow_ingest import documents, messages
 from orderflow_ingest.db import Conn
 from orderflow_ingest.ops import postfix_queue, queries
 from orderflow_ingest.ops.timeparse import human_duration
@@ -205,6 +205,10 @@ def story(
     docs = documents.documents_for_message(conn, message_id)
     parts = documents.parts_for_message(conn, message_id)
     events = queries.history(conn, message_id)
+    conflicts = [
+        {key: other[key] for key in ("id", "status", "received_at", "conflict_of")}
+        for other in messages.message_id_conflicts(conn, message_id)
+    ]
     conn.commit()
     jobs: dict[str, Any] = {
         "extract_attachments": _section(lambda: job_info(redis, attachment_job_id(message_id)))
@@ -261,6 +265,8 @@ def story(
             "postfix_queue_id": queue_id,
         },
         "auth_results": row["auth_results"],
+        # Same org and Message-ID, other content (issue 10 item 2): kept, linked, flagged.
+        "message_id_conflicts": conflicts,
         "history": events,
         "storage": {
             "bucket": settings.s3_bucket,
@@ -344,6 +350,12 @@ def render_text(data: dict[str, Any]) -> str:
     ]
     if message["error_json"]:
         lines.append(f"  error        {message['error_json']}")
+    for other in data.get("message_id_conflicts", []):
+        role = "a later copy" if other["conflict_of"] else "the first one"
+        lines.append(
+            f"  same Message-ID, other content: {other['id']}  {other['status']}"
+            f"  {_when(other['received_at'])}  ({role})"
+        )
     lines.append("history")
     previous = None
     for event in data["history"]:

@@ -8,14 +8,18 @@ import email.parser
 import email.policy
 import hashlib
 import re
+from collections.abc import Iterator
 from dataclasses import dataclass, field
-from email.header import decode_header, make_header
+
+from orderflow_ingest import headertext
+from orderflow_ingest.authresults import claims
 
 SYNTHETIC_DOMAIN = "synthetic.orderflow"
 # Beyond this a Message-ID is replaced by its hash: the dedup index must stay small, and no
 # legitimate mailer writes ids anywhere near this long.
 MAX_MESSAGE_ID = 512
 MESSAGE_ID = re.compile(r"<[^<>\s]+>")
+TRACE_FIELDS = (b"received", b"return-path", b"delivered-to", b"x-original-to")
 
 
 class MalformedHeaders(Exception):
@@ -42,20 +46,14 @@ def split_header_block(data: bytes) -> bytes | None:
 
 
 def clean_text(value: str) -> str:
-    """Text PostgreSQL accepts: raw 8-bit bytes read as UTF-8 (or replaced), no NUL."""
-    value = value.encode("utf-8", "surrogateescape").decode("utf-8", "replace")
-    return value.replace("\x00", "\ufffd")
+    """Text PostgreSQL accepts: raw 8-bit bytes decoded (UTF-8, else windows-1252), no NUL and
+    no lone surrogate (see orderflow_ingest.headertext)."""
+    return headertext.from_parser(value)
 
 
 def decode_text(value: str | None) -> str | None:
     """RFC 2047 decoded text; undecodable pieces are replaced, never fatal."""
-    if value is None:
-        return None
-    try:
-        decoded = str(make_header(decode_header(value)))
-    except (ValueError, LookupError, UnicodeError, AssertionError):
-        decoded = value
-    return clean_text(decoded).strip()
+    return headertext.header_text(value)
 
 
 def address_of(value: str | None) -> str | None:
@@ -64,9 +62,9 @@ def address_of(value: str | None) -> str | None:
         return None
     from email.utils import getaddresses
 
-    for _name, address in getaddresses([value]):
+    for _name, address in getaddresses([clean_text(value)]):
         if "@" in address:
-            return clean_text(address)[:320]
+            return address[:320]
     return None
 
 
@@ -83,39 +81,47 @@ def normalise_message_id(value: str | None) -> str | None:
     return message_id
 
 
-def synthetic_message_id(parts: list[str | None]) -> str:
-    """Spec edge case 1: no Message-ID → a stable id from From, To, Subject and Date."""
-    material = "\x00".join(part or "" for part in parts)
-    digest = hashlib.sha256(material.encode("utf-8", "surrogateescape")).hexdigest()
+def synthetic_message_id(parts: list[str | None], body_sha256: str = "") -> str:
+    """Spec edge case 1: no Message-ID → a stable id from From, To, Subject, Date and a hash
+    of the body, so two different orders with the same four headers never share an id."""
+    material = "\x00".join([*(part or "" for part in parts), body_sha256])
+    digest = hashlib.sha256(material.encode("utf-8", "surrogatepass")).hexdigest()
     return f"<{digest[:40]}@{SYNTHETIC_DOMAIN}>"
 
 
-def read_header_facts(block: bytes) -> HeaderFacts:
-    """Parse a header block; raises MalformedHeaders if it holds no header at all."""
+def read_header_facts(block: bytes, body_sha256: str = "") -> HeaderFacts:
+    """Parse a header block; raises MalformedHeaders if it holds no header at all.
+
+    `body_sha256` (of the body as sent) goes into a synthetic Message-ID.
+    """
     parser = email.parser.BytesHeaderParser(policy=email.policy.compat32)
     try:
         headers = parser.parsebytes(block)
     except Exception as error:  # the stdlib parser is lenient; anything else is malformed
         raise MalformedHeaders(f"header block unreadable: {type(error).__name__}") from None
-    if not headers.keys():
+    # raw_items: values as parsed, 8-bit bytes as surrogate escapes (compat32's get() would
+    # wrap them in an unknown-8bit Header that reads back as U+FFFD).
+    fields = [(str(name).lower(), str(value)) for name, value in headers.raw_items()]
+    if not fields:
         raise MalformedHeaders("no header fields before the body")
 
     def raw(name: str) -> str | None:
-        value = headers.get(name)
-        return None if value is None else str(value)
+        return next((value for key, value in fields if key == name), None)
 
-    message_id = normalise_message_id(raw("Message-ID"))
+    message_id = normalise_message_id(raw("message-id"))
     synthetic = message_id is None
     if message_id is None:
-        message_id = synthetic_message_id([raw("From"), raw("To"), raw("Subject"), raw("Date")])
+        message_id = synthetic_message_id(
+            [raw("from"), raw("to"), raw("subject"), raw("date")], body_sha256
+        )
     return HeaderFacts(
         message_id=message_id,
         message_id_synthetic=synthetic,
-        from_email=address_of(raw("From")),
-        to_email=address_of(raw("To")),
-        subject=decode_text(raw("Subject")),
+        from_email=address_of(raw("from")),
+        to_email=address_of(raw("to")),
+        subject=decode_text(raw("subject")),
         authentication_results=[
-            str(value) for value in headers.get_all("Authentication-Results") or []
+            clean_text(value) for key, value in fields if key == "authentication-results"
         ],
     )
 
@@ -123,3 +129,43 @@ def read_header_facts(block: bytes) -> HeaderFacts:
 def content_message_id(sha256_hex: str) -> str:
     """For a message whose headers cannot be read: dedup on the exact bytes instead."""
     return f"<raw-{sha256_hex[:40]}@{SYNTHETIC_DOMAIN}>"
+
+
+def _fields(block: bytes) -> Iterator[bytes]:
+    """The header fields of a block (LF line ends), each with its continuation lines."""
+    current = b""
+    for line in block.replace(b"\r\n", b"\n").split(b"\n"):
+        if line[:1] in (b" ", b"\t") and current:
+            current += b"\n" + line
+            continue
+        if current:
+            yield current
+        current = line
+    if current:
+        yield current
+
+
+def is_our_trace_field(header: bytes, authserv_id: str) -> bool:
+    """A header our own hosts add on the way in, which a retry through another of our MX
+    hosts carries differently: any Received (trace, never content: a sender's retry may also
+    leave through another of its own relays), the pipe's Return-Path / Delivered-To /
+    X-Original-To, and Authentication-Results with our authserv-id."""
+    name, colon, value = header.partition(b":")
+    if not colon:
+        return False
+    name = name.strip().lower()
+    if name in TRACE_FIELDS:
+        return True
+    if name == b"authentication-results":
+        return claims(value.decode("utf-8", "replace"), authserv_id)
+    return False
+
+
+def content_header_digest(block: bytes, authserv_id: str) -> bytes:
+    """sha256 of the header block as the sender sent it: our trace fields left out, line
+    ends LF. With the body's digest this is the dedup gate's notion of "same content"."""
+    digest = hashlib.sha256()
+    for header in _fields(block):
+        if not is_our_trace_field(header, authserv_id):
+            digest.update(header + b"\n")
+    return digest.digest()

@@ -22,7 +22,7 @@ import redis.exceptions
 from botocore.exceptions import BotoCoreError, ClientError
 from psycopg_pool import PoolTimeout
 
-from orderflow_ingest import messages, metrics, storage
+from orderflow_ingest import headertext, messages, metrics, storage
 from orderflow_ingest.addressing import org_slug
 from orderflow_ingest.authresults import parse_our_verdicts
 from orderflow_ingest.db import Conn, Pool, is_broken_connection
@@ -52,6 +52,15 @@ class Envelope:
     recipient: str
     queue_id: str | None
 
+    def cleaned(self) -> Envelope:
+        """The envelope as text PostgreSQL and the logs accept (8-bit addresses decoded,
+        no NUL or lone surrogate)."""
+        return Envelope(
+            sender=headertext.from_parser(self.sender),
+            recipient=headertext.from_parser(self.recipient),
+            queue_id=None if self.queue_id is None else headertext.from_parser(self.queue_id),
+        )
+
 
 @dataclass
 class Backends:
@@ -69,14 +78,41 @@ class SpooledMessage:
     sha256: str
     size: int
     header_block: bytes | None  # None: no end of headers within the limit
+    # sha256 of the body after the header block, line ends as LF ("" without a header block)
+    body_sha256: str = ""
+
+
+class _LfDigest:
+    """sha256 of a byte stream with CRLF read as LF (a CR split from its LF by a chunk
+    boundary included): the same body hashes the same whichever way it travelled."""
+
+    def __init__(self) -> None:
+        self._digest = hashlib.sha256()
+        self._cr = False
+
+    def update(self, data: bytes) -> None:
+        if self._cr:
+            data = b"\r" + data
+        self._cr = data.endswith(b"\r")
+        if self._cr:
+            data = data[:-1]
+        self._digest.update(data.replace(b"\r\n", b"\n"))
+
+    def hexdigest(self) -> str:
+        digest = self._digest.copy()
+        if self._cr:
+            digest.update(b"\r")
+        return digest.hexdigest()
 
 
 def spool(chunks: Iterator[bytes], settings: Settings) -> SpooledMessage:
-    """Copy the message to a spool file while hashing it; memory stays bounded."""
+    """Copy the message to a spool file while hashing it (whole, and its body alone);
+    memory stays bounded."""
     spooled = tempfile.SpooledTemporaryFile(  # noqa: SIM115 - returned to the caller, who closes it
         max_size=IN_MEMORY_LIMIT, dir=settings.spool_dir, prefix="msg-"
     )
     digest = hashlib.sha256()
+    body = _LfDigest()
     size = 0
     head = b""
     header_block: bytes | None = None
@@ -84,27 +120,57 @@ def spool(chunks: Iterator[bytes], settings: Settings) -> SpooledMessage:
     for chunk in chunks:
         spooled.write(chunk)
         digest.update(chunk)
-        size += len(chunk)
-        if header_block is None and len(head) <= limit:
+        if header_block is not None:
+            body.update(chunk)
+        elif len(head) <= limit:
             head += chunk[: limit + 4 - len(head)]
             header_block = headers.split_header_block(head)
+            if header_block is not None:  # the block ends inside this chunk
+                body.update(chunk[len(header_block) - size :])
+        size += len(chunk)
     if header_block is None and len(head) <= limit and head:
         header_block = head  # a message that is all headers and no body
     spooled.seek(0)
-    return SpooledMessage(spooled, digest.hexdigest(), size, header_block)
+    body_sha256 = body.hexdigest() if header_block is not None else ""
+    return SpooledMessage(spooled, digest.hexdigest(), size, header_block, body_sha256)
 
 
-def read_facts(
-    message: SpooledMessage, settings: Settings
-) -> tuple[headers.HeaderFacts, str | None]:
-    """Header facts, or content-derived facts plus the reason the headers are unusable."""
+@dataclass(frozen=True)
+class ContentFacts:
+    """What the delivery path reads from the content; `malformed` says why it is unusable."""
+
+    facts: headers.HeaderFacts
+    content_sha256: str
+    auth_results: dict[str, Any] | None
+    malformed: str | None
+
+
+def read_facts(message: SpooledMessage, settings: Settings) -> ContentFacts:
+    """Header facts and the content hash; never raises.
+
+    Any exception here comes from the bytes of the message (a codec, the stdlib parser, the
+    Authentication-Results parser), never from our infrastructure: the message is stored and
+    marked FAILED with the reason, deduplicated by its exact bytes. Content never defers.
+    """
     if message.header_block is None:
         reason = f"header block larger than {settings.max_header_bytes} bytes or empty"
     else:
         try:
-            return headers.read_header_facts(message.header_block), None
+            facts = headers.read_header_facts(message.header_block, message.body_sha256)
+            header_digest = headers.content_header_digest(
+                message.header_block, settings.effective_authserv_id
+            )
+            content = hashlib.sha256(
+                b"orderflow-content-1\0" + header_digest + bytes.fromhex(message.body_sha256)
+            ).hexdigest()
+            verdicts = parse_our_verdicts(
+                facts.authentication_results, settings.effective_authserv_id
+            )
+            return ContentFacts(facts, content, headertext.clean_json(verdicts), None)
         except headers.MalformedHeaders as error:
             reason = str(error)
+        except Exception as error:  # a content fault by definition: see the docstring
+            reason = f"header facts unreadable: {type(error).__name__}"
     facts = headers.HeaderFacts(
         message_id=headers.content_message_id(message.sha256),
         message_id_synthetic=True,
@@ -112,11 +178,12 @@ def read_facts(
         to_email=None,
         subject=None,
     )
-    return facts, reason
+    return ContentFacts(facts, message.sha256, None, reason)
 
 
 def deliver(backends: Backends, envelope: Envelope, message: SpooledMessage) -> Outcome:
     settings = backends.settings
+    envelope = envelope.cleaned()
     trace_id = uuid.uuid4().hex
     context: dict[str, Any] = {
         "trace_id": trace_id,
@@ -127,21 +194,21 @@ def deliver(backends: Backends, envelope: Envelope, message: SpooledMessage) -> 
         "sha256": message.sha256,
     }
     slug = org_slug(envelope.recipient, settings.local_part, settings.ingest_domains)
-    facts, malformed = read_facts(message, settings)
-    context["message_id"] = facts.message_id
+    content = read_facts(message, settings)
+    context["message_id"] = content.facts.message_id
     if slug is None:
         log_event("delivery.unknown_recipient", logging.WARNING, **context)
         return Outcome.UNKNOWN_ORG
     try:
         try:
-            return _deliver(backends, envelope, message, facts, malformed, slug, context)
+            return _deliver(backends, envelope, message, content, slug, context)
         except psycopg.OperationalError as error:
             if not is_broken_connection(error):
                 raise
             # A pooled connection that PostgreSQL dropped (restart): the pool has discarded
             # it; one more try on a fresh one. The dedup gate makes the retry safe.
             log_event("delivery.retry_broken_connection", logging.INFO, **context)
-            return _deliver(backends, envelope, message, facts, malformed, slug, context)
+            return _deliver(backends, envelope, message, content, slug, context)
     except BACKEND_ERRORS as error:
         log_event(
             "delivery.deferred",
@@ -162,12 +229,11 @@ def _deliver(
     backends: Backends,
     envelope: Envelope,
     message: SpooledMessage,
-    facts: headers.HeaderFacts,
-    malformed: str | None,
+    content: ContentFacts,
     slug: str,
     context: dict[str, Any],
 ) -> Outcome:
-    settings = backends.settings
+    facts, malformed = content.facts, content.malformed
     with backends.pool.connection() as conn:
         with metrics.timed("orderflow_db_seconds", operation="org_lookup"):
             org = active_org_by_slug(conn, slug)
@@ -190,19 +256,20 @@ def _deliver(
             envelope_sender=envelope.sender,
             envelope_recipient=envelope.recipient,
             postfix_queue_id=envelope.queue_id,
-            auth_results=parse_our_verdicts(
-                facts.authentication_results, settings.effective_authserv_id
-            ),
+            auth_results=content.auth_results,
+            content_sha256=content.content_sha256,
         )
         with metrics.timed("orderflow_db_seconds", operation="insert_received"):
             created = messages.insert_received(conn, new)
             conn.commit()
         if created is not None:
             log_event("delivery.received", inbound_message_id=created["id"], **context)
+            if created["conflict_of"] is not None:
+                _log_conflict(created, context)
         # A row we just created needs no lock: if a concurrent copy resumes and stores it
         # first, our conditional UPDATE to STORED finds it no longer RECEIVED. A copy that
         # finds an existing row locks it, so resumers take turns.
-        row = created if created is not None else _lock_existing(conn, org_id, facts.message_id)
+        row = created if created is not None else _lock_existing(conn, new)
         if row is None:  # deleted between the two statements: let Postfix retry
             conn.rollback()
             return Outcome.BACKEND_UNAVAILABLE
@@ -214,9 +281,8 @@ def _deliver(
             with metrics.timed("orderflow_s3_put_seconds"):
                 _put_raw(backends, key, message)
             if malformed is not None:
-                messages.mark_failed(
-                    conn, row["id"], {"stage": "deliver", "reason": malformed}, key
-                )
+                error = headertext.clean_json({"stage": "deliver", "reason": malformed})
+                messages.mark_failed(conn, row["id"], error, key)
                 conn.commit()
                 log_event(
                     "delivery.malformed_stored",
@@ -248,9 +314,24 @@ def _deliver(
     return Outcome.DUPLICATE
 
 
-def _lock_existing(conn: Conn, org_id: str, message_id: str) -> dict[str, Any] | None:
-    existing = messages.find_by_message_id(conn, org_id, message_id)
+def _lock_existing(conn: Conn, new: messages.NewMessage) -> dict[str, Any] | None:
+    """The row of the same org, Message-ID and content, locked."""
+    existing = messages.find_same_content(
+        conn, new.org_id, new.source_message_id, new.content_sha256, new.sha256
+    )
     return None if existing is None else messages.lock_message(conn, existing["id"])
+
+
+def _log_conflict(row: dict[str, Any], context: dict[str, Any]) -> None:
+    """Same Message-ID, other content: kept as its own message, and flagged (item 2)."""
+    log_event(
+        "delivery.message_id_conflict",
+        logging.WARNING,
+        conflict_of=row["conflict_of"],
+        content_sha256=row["content_sha256"],
+        **{**context, "inbound_message_id": row["id"]},
+    )
+    metrics.count("orderflow_message_conflicts_total", org_id=row["org_id"])
 
 
 def _put_raw(backends: Backends, key: str, message: SpooledMessage) -> None:
@@ -280,12 +361,11 @@ def _enqueue(
 
 def _log_duplicate(row: dict[str, Any], message: SpooledMessage, context: dict[str, Any]) -> None:
     """FR-013: a duplicate is a WARN with Message-ID and org, and a 250, never a new row."""
-    same_content = row["sha256"] == message.sha256
     log_event(
         "delivery.duplicate",
         logging.WARNING,
         status=row["status"],
-        same_content=same_content,
+        same_bytes=row["sha256"] == message.sha256,
         first_queue_id=row["postfix_queue_id"],
         **context,
     )
