@@ -280,12 +280,14 @@ def test_item3_poison_header_through_postfix_is_never_deferred(stack: Any, db: A
     assert row["subject"] == "\ufffd\\ud800"
     queue_id = row["postfix_queue_id"]
     lines = wait_for(
-        lambda: [
-            line
-            for line in stack.maillog_path.read_text(errors="replace").splitlines()
-            if f" {queue_id}: " in line and "status=" in line
-        ]
-        or None,
+        lambda: (
+            [
+                line
+                for line in stack.maillog_path.read_text(errors="replace").splitlines()
+                if f" {queue_id}: " in line and "status=" in line
+            ]
+            or None
+        ),
         30,
         f"delivery status of {queue_id} in the maillog",
     )
