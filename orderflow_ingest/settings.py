@@ -62,6 +62,16 @@ def _loopback_listen(value: str) -> str:
     return value
 
 
+def _unix_socket_path(value: str) -> str:
+    """An absolute filesystem path: an empty one is an abstract socket anyone can bind, a
+    relative one depends on the working directory (deliver.c refuses the same, with 75)."""
+    if not value.startswith("/"):
+        raise ValueError("must be an absolute path, as in /run/orderflow/deliver.sock")
+    if len(value.encode()) > 107:  # sun_path holds 108 bytes with the NUL
+        raise ValueError("longer than a unix socket path may be (107 bytes)")
+    return value
+
+
 def _at_least(minimum: int) -> Callable[[str], int]:
     def parse(value: str) -> int:
         number = int(value)
@@ -183,7 +193,7 @@ SETTINGS: tuple[Setting, ...] = (
     # The pipe path.
     Setting(
         "ORDERFLOW_DELIVER_SOCKET",
-        _text,
+        _unix_socket_path,
         "/run/orderflow/deliver.sock",
         "Unix socket of the delivery service the per-message pipe client hands mail to.",
     ),

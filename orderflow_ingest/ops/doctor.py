@@ -322,6 +322,23 @@ def check_deliver_socket(settings: Settings) -> Check:
     return Check("deliver socket", OK, f"{path}: deliver-service listening")
 
 
+def check_deliver_timeout(settings: Settings) -> Check:
+    """ORDERFLOW_DELIVER_TIMEOUT ends before pipe(8)'s time limit (else: bounces, not retries);
+    the delivery service refuses to start on the same condition."""
+    from orderflow_ingest.pipe.limits import deliver_timeout_problem, read_pipe_limits
+    from orderflow_ingest.settings import SettingsError
+
+    try:
+        limits = read_pipe_limits(settings)
+    except SettingsError as error:
+        return Check("deliver timeout", FAIL, str(error))
+    problem = deliver_timeout_problem(settings, limits)
+    if problem is not None:
+        return Check("deliver timeout", FAIL, problem)
+    detail = f"{settings.deliver_timeout:g}s, within pipe(8)'s limit of {limits.time_limit:g}s"
+    return Check("deliver timeout", OK, detail)
+
+
 # --- Disk and exporter -------------------------------------------------------------------
 
 
@@ -402,6 +419,7 @@ def run_checks(settings: Settings, min_free: int = DEFAULT_MIN_FREE) -> list[Che
         lambda: check_postfix(settings),
         lambda: check_milter_socket(settings),
         lambda: check_deliver_socket(settings),
+        lambda: check_deliver_timeout(settings),
         lambda: check_disks(settings, min_free),
         lambda: check_exporter(settings),
         lambda: check_public_face(settings),
