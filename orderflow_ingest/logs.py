@@ -9,26 +9,60 @@ from __future__ import annotations
 import json
 import logging
 import logging.handlers
+import re
 import sys
 from datetime import UTC, datetime
 from typing import Any
 
 LOGGER_NAME = "orderflow"
 _logger = logging.getLogger(LOGGER_NAME)
+# A lone surrogate (an undecodable byte kept by surrogateescape, a broken encoded word) cannot
+# be written as UTF-8: the handler would drop the whole line. It is written as its JSON escape.
+_SURROGATE = re.compile("[\ud800-\udfff]")
+
+
+def _escape_surrogates(text: str) -> str:
+    return _SURROGATE.sub(lambda match: f"\\u{ord(match.group()):04x}", text)
 
 
 class JsonLineFormatter(logging.Formatter):
+    """One JSON line per record, valid UTF-8 whatever the fields hold: a hostile Subject or
+    filename (NUL, lone surrogates, objects that do not serialise) never loses the line."""
+
     def format(self, record: logging.LogRecord) -> str:
         line: dict[str, Any] = {
             "ts": datetime.fromtimestamp(record.created, UTC).isoformat(timespec="milliseconds"),
             "level": record.levelname,
             "component": getattr(record, "component", record.name),
-            "event": record.getMessage(),
+            "event": _message(record),
         }
-        line.update(getattr(record, "fields", {}))
+        fields = getattr(record, "fields", {})
+        line.update(fields)
         if record.exc_info:
             line["exception"] = self.formatException(record.exc_info)
-        return json.dumps(line, default=str, ensure_ascii=False)
+        try:
+            text = json.dumps(line, default=_text, ensure_ascii=False)
+        except (TypeError, ValueError, RecursionError):
+            # Keys that are not strings, circular values: keep the line, fields as text.
+            line = {key: value for key, value in line.items() if key not in fields}
+            line["fields"] = _text(fields)
+            text = json.dumps(line, default=_text, ensure_ascii=False)
+        return _escape_surrogates(text)
+
+
+def _message(record: logging.LogRecord) -> str:
+    try:
+        return record.getMessage()
+    except Exception:  # a library's bad %-format arguments: keep the template
+        return _text(record.msg)
+
+
+def _text(value: object) -> str:
+    """str() for JSON, never raising (an object whose __str__ fails is still logged)."""
+    try:
+        return str(value)
+    except Exception:
+        return f"<unprintable {type(value).__name__}>"
 
 
 def setup_logging(level: str = "INFO", path: str = "", component: str = "orderflow") -> None:
