@@ -101,5 +101,5 @@ def install(app: FastAPI) -> None:
 
 PROBLEM_RESPONSES: dict[int | str, dict[str, Any]] = {
     status: {"model": Problem, "content": {MEDIA_TYPE: {}}, "description": TITLES[status]}
-    for status in (401, 403, 404, 422)
+    for status in (400, 401, 403, 404, 409, 422)
 }
