@@ -90,6 +90,8 @@ class Figures:
     failed: int = 0
     duplicates: int = 0  # extra rows, extra STORED/PARSED transitions, extra documents
     lost: int = 0  # accepted but not PARSED/FAILED, raw missing in S3, or documents missing
+    altered: int = 0  # stored raw differs from what was sent (beyond LF and our trace fields)
+    checked: int = 0  # stored raws compared byte for byte with what was sent
     bounced: int = 0
     deferred: int = 0  # distinct queue ids Postfix deferred at least once
     drain_seconds: float | None = None
@@ -111,6 +113,7 @@ class Figures:
             str(self.failed),
             str(self.duplicates),
             str(self.lost),
+            f"{self.altered}/{self.checked}",
             str(self.bounced),
             str(self.deferred),
             str(self.tempfailed),
@@ -132,6 +135,7 @@ HEADER = [
     "FAILED",
     "dup",
     "lost",
+    "raw≠sent",
     "bounced",
     "deferred",
     "4xx-retried",
@@ -303,6 +307,33 @@ class Harness:
         busy = poll_until(lambda: pid is not None and bool(_children(pid)), timeout, 0.02)
         self.kill(name)
         return busy is not None
+
+    def pipe_processes(self) -> list[int]:
+        """This stack's pipe(8) processes (children of its Postfix master; other stacks on the
+        machine run the same binaries and are never touched)."""
+        pid_file = self.stack.postfix.queue_dir / "pid" / "master.pid"
+        try:
+            master = int(pid_file.read_text().split()[0])
+        except (OSError, ValueError, IndexError):
+            return []
+        return [pid for pid in _children(master) if _comm(pid) == "pipe"]
+
+    def client_processes(self) -> list[int]:
+        """The pipe clients (deliver.c) pipe(8) is running for this stack right now."""
+        return [child for pid in self.pipe_processes() for child in _children(pid)]
+
+    def kill_mid_message(self, what: str, timeout: float = 60) -> bool:
+        """SIGKILL the pipe client ("client") or Postfix's pipe(8) ("pipe") while a message
+        is being handed over; False when none was running within `timeout`."""
+        find = self.client_processes if what == "client" else self.pipe_processes
+        busy = (lambda: bool(self.client_processes())) if what == "pipe" else None
+        found = poll_until(lambda: find() if (busy is None or busy()) else None, timeout, 0.005)
+        if not found:
+            return False
+        for pid in found:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
+        return True
 
     def stop(self, name: str) -> None:
         with self.lock:
@@ -511,11 +542,16 @@ class Harness:
                 f"{len(gave_up)} messages never accepted within the client's retry time"
                 f" (last: {gave_up[-1].last_error})"
             )
-        expected: list[tuple[list[dict[str, Any]], int, float | None]] = []
+        expected: list[tuple[list[dict[str, Any]], int, float | None, bytes | None]] = []
         for m in tried:
             if m.accepted:
                 expected.append(
-                    (by_id.get((m.org, m.message_id), []), m.expected_documents, m.accepted_at)
+                    (
+                        by_id.get((m.org, m.message_id), []),
+                        m.expected_documents,
+                        m.accepted_at,
+                        m.raw,
+                    )
                 )
         extra_rows = sum(len(by_id.get((m.org, m.message_id), [])) for m in tried if not m.accepted)
         if extra_rows:
@@ -533,9 +569,10 @@ class Harness:
             figures.duplicates += max(0, len(got) - run.messages)
             figures.lost += max(0, run.messages - len(got))
             for row in got[: run.messages]:
-                expected.append(([row], 0, None))
+                expected.append(([row], 0, None, None))  # smtp-source: its bytes are not ours
 
-        for found, documents, accepted_at in expected:
+        integrity = RawChecker(self)
+        for found, documents, accepted_at, sent in expected:
             figures.duplicates += max(0, len(found) - 1)
             if not found:
                 figures.lost += 1
@@ -549,6 +586,8 @@ class Harness:
             if row["raw_storage_key"] not in keys:
                 figures.lost += 1
                 figures.notes.append(f"raw missing in S3 for {row['id']}")
+            elif sent is not None:
+                integrity.check(figures, row, sent)
             if row["status"] == "PARSED":
                 figures.parsed += 1
                 figures.duplicates += max(0, row["documents"] - documents)
@@ -571,6 +610,28 @@ class Harness:
         return figures
 
 
+class RawChecker:
+    """Fetches stored raws and counts those that differ from what the client sent."""
+
+    def __init__(self, harness: Harness):
+        from orderflow_ingest.storage import make_client
+
+        self.client = make_client(harness.stack.settings)
+        self.bucket = harness.stack.settings.s3_bucket
+
+    def stored(self, key: str) -> bytes:
+        return bytes(self.client.get_object(Bucket=self.bucket, Key=key)["Body"].read())
+
+    def check(self, figures: Figures, row: dict[str, Any], sent: bytes) -> str | None:
+        figures.checked += 1
+        difference = raw_difference(sent, self.stored(row["raw_storage_key"]))
+        if difference is not None:
+            figures.altered += 1
+            if figures.altered <= 5:
+                figures.notes.append(f"raw of {row['id']} is not what was sent: {difference}")
+        return difference
+
+
 DEFERRED = re.compile(r"postfix/pipe\[\d+\]: ([0-9A-Za-z]+): to=<[^>]*>.*status=deferred")
 BOUNCED = re.compile(r": ([0-9A-Za-z]+): to=<[^>]*orderflow\.test>.*status=bounced")
 
@@ -589,6 +650,60 @@ def _children(pid: int) -> list[int]:
     except OSError:
         return []
     return [int(child) for child in text.split()]
+
+
+def _comm(pid: int) -> str:
+    try:
+        return Path(f"/proc/{pid}/comm").read_text().strip()
+    except OSError:
+        return ""
+
+
+# --- byte integrity: the stored raw is what was sent ------------------------------------------
+
+# Header fields our own hosts add in front of a message: Postfix's Received, pipe(8)'s
+# Return-Path (flags=R), the milter's Authentication-Results.
+ADDED_FIELDS = {b"return-path", b"received", b"authentication-results", b"delivered-to"}
+
+
+def _fields(block: bytes) -> list[bytes]:
+    """A header block as its fields, continuation lines kept with their field."""
+    fields: list[bytes] = []
+    for line in block.split(b"\n"):
+        if fields and line[:1] in (b" ", b"\t"):
+            fields[-1] += b"\n" + line
+        elif line:
+            fields.append(line)
+    return fields
+
+
+def raw_difference(sent: bytes, stored: bytes) -> str | None:
+    """None when `stored` is `sent` with LF line ends and only our own trace fields added;
+    else what differs. Compared by sha256 of the body and of the sender's header fields."""
+    import hashlib
+
+    sent = sent.replace(b"\r\n", b"\n")
+    if not sent.endswith(b"\n"):
+        sent += b"\n"
+    sent_head, _, sent_body = sent.partition(b"\n\n")
+    stored_head, _, stored_body = stored.partition(b"\n\n")
+    if hashlib.sha256(sent_body).digest() != hashlib.sha256(stored_body).digest():
+        return f"body differs: sent {len(sent_body)} bytes, stored {len(stored_body)}"
+    theirs = _fields(sent_head)
+    kept: list[bytes] = []
+    remaining = list(theirs)
+    for line in _fields(stored_head):
+        if remaining and line == remaining[0]:
+            kept.append(remaining.pop(0))
+            continue
+        name = line.split(b":", 1)[0].strip().lower()
+        if name not in ADDED_FIELDS:
+            return f"header field changed or added: {line[:80]!r}"
+    if remaining:
+        return f"sender's header field missing: {remaining[0][:80]!r}"
+    if hashlib.sha256(b"\n".join(kept)).digest() != hashlib.sha256(sent_head).digest():
+        return "header block differs"
+    return None
 
 
 def _size(path: Path) -> int:
@@ -882,6 +997,8 @@ def run_under_load(
     lead_in: float = 5.0,
     settle: float = 3.0,
     finish_timeout: float = 480.0,
+    extra: Callable[[str], Sequence[Any]] | None = None,
+    extra_rate: float = 0.5,
 ) -> tuple[Figures, SmtpLoad]:
     """Mail flows at `rate` messages/s while each step runs in turn; after each, the time
     until the deferred queue is empty again (by itself, at Postfix's own retry pace) is
@@ -894,6 +1011,8 @@ def run_under_load(
         harness.stack.smtp_host, harness.stack.smtp_port, sessions=sessions, retry_for=600
     )
     load.start(MessageFactory(tag, LOAD_ORGS).make(int(rate * 1800)), rate=rate)
+    if extra is not None:  # e.g. large messages, so that a kill lands mid-message
+        load.add(extra(tag), rate=extra_rate)
     harness.log(f"{title}: load at {rate}/s, {sessions} sessions")
     time.sleep(lead_in)
     rows: list[list[str]] = []

@@ -71,6 +71,7 @@ def test_s3_outage_and_killed_worker_under_load_lose_and_double_nothing(
     assert figures.sent == MESSAGES
     assert figures.accepted == MESSAGES, figures.notes
     assert (figures.lost, figures.duplicates, figures.bounced) == (0, 0, 0), figures.notes
+    assert figures.altered == 0, figures.notes  # byte integrity: stored raw == sent
     assert figures.stored == figures.parsed == MESSAGES
     assert harness.log_problems(window, SERVICE_FAULT_MARKERS) == []
     assert harness.unexpected_restarts(window.started) == []

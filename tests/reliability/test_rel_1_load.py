@@ -54,6 +54,7 @@ def test_smtp_source_100_sessions_every_message_parsed_once(rel: Harness) -> Non
     assert drain is not None, f"not finished: queue {rel.queue_counts()}"
     assert figures.accepted == figures.sent == total
     assert (figures.lost, figures.duplicates, figures.bounced) == (0, 0, 0), figures.notes
+    assert figures.altered == 0, figures.notes  # byte integrity: stored raw == sent
     assert figures.stored == figures.parsed == total
 
 
@@ -83,4 +84,5 @@ def test_mixed_messages_100_sessions_every_message_parsed_once(rel: Harness) -> 
     # SC-004: 100 concurrent sessions, none dropped, none answered 4xx.
     assert figures.tempfailed == 0, load.stats.tempfail_codes
     assert (figures.lost, figures.duplicates, figures.bounced) == (0, 0, 0), figures.notes
+    assert figures.altered == 0, figures.notes  # byte integrity: stored raw == sent
     assert figures.stored == figures.parsed == MIXED_MESSAGES

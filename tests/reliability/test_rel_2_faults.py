@@ -35,6 +35,7 @@ def test_faults_one_at_a_time_lose_double_and_bounce_nothing(rel: Harness) -> No
     assert figures.drain_seconds is not None, f"not drained: {rel.queue_counts()}"
     assert figures.sent > 0 and figures.accepted == figures.sent, figures.notes
     assert (figures.lost, figures.duplicates, figures.bounced) == (0, 0, 0), figures.notes
+    assert figures.altered == 0, figures.notes  # byte integrity: stored raw == sent
     assert figures.stored == figures.parsed == figures.accepted
     assert figures.deferred > 0, "no fault ever deferred a delivery: the faults did not bite"
     assert rel.log_problems(window, SERVICE_FAULT_MARKERS) == []

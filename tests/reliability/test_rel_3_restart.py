@@ -23,6 +23,7 @@ def test_every_component_restarted_mid_load_loses_and_doubles_nothing(rel: Harne
     assert figures.drain_seconds is not None, f"not drained: {rel.queue_counts()}"
     assert figures.sent > 0 and figures.accepted == figures.sent, figures.notes
     assert (figures.lost, figures.duplicates, figures.bounced) == (0, 0, 0), figures.notes
+    assert figures.altered == 0, figures.notes  # byte integrity: stored raw == sent
     assert figures.stored == figures.parsed == figures.accepted
     assert rel.log_problems(window, SERVICE_FAULT_MARKERS) == []
     # An RQ worker exits when Redis goes away while it watches a job (RQ's own behaviour);
