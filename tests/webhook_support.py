@@ -3,10 +3,16 @@ in-process dispatcher, and queries that read delivery state."""
 
 from __future__ import annotations
 
+import os
 import secrets
+import signal
+import subprocess
+import sys
 import threading
-from collections.abc import Iterator
+import time
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from dataclasses import asdict, dataclass
 from typing import Any
 
 from orderflow_ingest import db, events, orgs
@@ -115,3 +121,123 @@ def running_dispatcher(settings: Any) -> Iterator[Dispatcher]:
         dispatcher.stop()
         thread.join(timeout=30)
         assert not thread.is_alive(), "dispatcher did not stop"
+
+
+def dispatcher_process(stack: Any, **overrides: str) -> subprocess.Popen[bytes]:
+    """`orderflow-ingest webhook-dispatcher` as its own process (killable with SIGKILL)."""
+    env = {**os.environ, **webhook_env(stack, **overrides)}
+    return subprocess.Popen(
+        [sys.executable, "-m", "orderflow_ingest.entry", "webhook-dispatcher"],
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+
+
+def stop_process(process: subprocess.Popen[bytes], sig: int = signal.SIGTERM) -> int:
+    if process.poll() is None:
+        process.send_signal(sig)
+    return process.wait(timeout=60)
+
+
+DELIVERABLE_EVENTS = """
+SELECT e.id FROM event e JOIN webhook_endpoint w ON w.org_id = e.org_id
+WHERE w.id = %s AND e.occurred_at >= w.created_at
+  AND e.type NOT IN ('webhook.delivered', 'webhook.failed')
+"""
+
+
+@dataclass
+class OutageFigures:
+    endpoints: int = 0
+    events: int = 0  # deliverable events over all endpoints (one per endpoint and event)
+    requests: int = 0  # requests the receiver answered 2xx or saw while up
+    duplicates: int = 0  # requests beyond the first for one (endpoint, webhook-id)
+    lost: int = 0  # deliverable events never received
+    bad_signatures: int = 0
+    down_seconds: float = 0.0
+    drain_seconds: float | None = None  # receiver back up -> last event received
+    killed_dispatchers: int = 0
+
+    def line(self) -> str:
+        return ", ".join(f"{key}={value}" for key, value in asdict(self).items())
+
+
+def receiver_outage_under_load(
+    stack: Any,
+    org_ids: list[str],
+    load: Callable[[], None],
+    down_seconds: float,
+    drain_timeout: float = 180,
+    kill_a_dispatcher: bool = True,
+) -> OutageFigures:
+    """The receiver is down for `down_seconds` while `load` makes events and a dispatcher is
+    SIGKILLed and replaced; then it comes back. Returns what arrived against what should have.
+    """
+    from standardwebhooks import Webhook
+    from support_wait import poll_until
+    from webhook_receiver import Receiver
+
+    # Retries every few seconds through the outage; never disabled during it.
+    retry = ",".join(["1s", "2s", "4s"] + ["5s"] * (int(down_seconds / 5) + 20))
+    overrides = {"webhook_retry_schedule": retry, "webhook_timeout": "3"}
+    settings = webhook_settings(stack, **overrides)
+    figures = OutageFigures(endpoints=len(org_ids))
+    receiver = Receiver()
+    made = {org: add_endpoint(settings, org, receiver.url(f"/hook/{org}")) for org in org_ids}
+    dispatchers = [dispatcher_process(stack, **overrides) for _ in range(2)]
+    try:
+        receiver.down()
+        went_down = time.monotonic()
+        loader = threading.Thread(target=load, name="webhook-load")
+        loader.start()
+        if kill_a_dispatcher:
+            # Mid-outage: one dispatcher dies hard, a new one takes its place.
+            poll_until(lambda: bool(attempts(settings, made[org_ids[0]][0]["id"])), 60, 0.2)
+            stop_process(dispatchers[0], signal.SIGKILL)
+            figures.killed_dispatchers += 1
+            dispatchers[0] = dispatcher_process(stack, **overrides)
+        loader.join()
+        remaining = down_seconds - (time.monotonic() - went_down)
+        if remaining > 0:
+            threading.Event().wait(remaining)  # the outage itself: the scenario's parameter
+        figures.down_seconds = round(time.monotonic() - went_down, 1)
+        receiver.up()
+
+        def expected() -> dict[str, set[str]]:
+            return {
+                org: {
+                    f"evt_{row['id']}" for row in query(settings, DELIVERABLE_EVENTS, (ep["id"],))
+                }
+                for org, (ep, _secret) in made.items()
+            }
+
+        def received() -> dict[str, list[str]]:
+            seen: dict[str, list[str]] = {org: [] for org in org_ids}
+            for request in list(receiver.requests):
+                seen[request.path.rsplit("/", 1)[-1]].append(request.webhook_id)
+            return seen
+
+        def complete() -> bool:
+            seen = received()
+            return all(ids <= set(seen[org]) for org, ids in expected().items())
+
+        figures.drain_seconds = poll_until(complete, drain_timeout, 0.5)
+        wanted, seen = expected(), received()
+        figures.events = sum(len(ids) for ids in wanted.values())
+        figures.requests = sum(len(ids) for ids in seen.values())
+        figures.lost = sum(len(ids - set(seen[org])) for org, ids in wanted.items())
+        figures.duplicates = figures.requests - sum(len(set(ids)) for ids in seen.values())
+        for request in receiver.requests:
+            secret = made[request.path.rsplit("/", 1)[-1]][1]
+            try:
+                Webhook(secret).verify(request.body, request.headers)
+            except Exception:
+                figures.bad_signatures += 1
+    finally:
+        for process in dispatchers:
+            stop_process(process)
+        receiver.close()
+        for org in org_ids:
+            drop_endpoints(settings, org)
+    return figures

@@ -25,8 +25,9 @@ from orderflow_ingest.webhooks.ssrf import AddressPolicy, Refused
 
 DELIVERIES_METRIC = "orderflow_webhook_deliveries_total"
 ATTEMPT_SECONDS_METRIC = "orderflow_webhook_attempt_seconds"
-# A claim outlives the longest attempt by this much before another dispatcher may retry.
-LEASE_MARGIN_SECONDS = 30.0
+# A claim outlives the longest attempt (twice the total timeout, plus this) before another
+# dispatcher may take it over: only a dispatcher that died mid-attempt leaves one to expire.
+LEASE_MARGIN_SECONDS = 5.0
 
 
 @dataclass(frozen=True)
@@ -42,7 +43,7 @@ class DeliveryConfig:
 
     @property
     def lease_seconds(self) -> float:
-        return self.total_timeout + LEASE_MARGIN_SECONDS
+        return 2 * self.total_timeout + LEASE_MARGIN_SECONDS
 
     @classmethod
     def from_settings(cls, settings: Any) -> DeliveryConfig:
