@@ -10,6 +10,7 @@ Redis: metrics must not be able to fail or slow a delivery.
 from __future__ import annotations
 
 import json
+import socket
 import threading
 import time
 from collections import defaultdict
@@ -18,7 +19,10 @@ from contextlib import contextmanager
 from functools import lru_cache
 from typing import Any
 
-REDIS_KEY = "orderflow:metrics"
+# One hash per host: processes add to their own host's hash and each host's exporter reads only
+# that one, so Prometheus' sum over instances is the cluster total (one shared hash made every
+# exporter report the whole cluster as its own, multiplying sums by the number of hosts).
+REDIS_KEY_PREFIX = "orderflow:metrics:"
 
 # Histograms: name -> bucket upper bounds. The one place their buckets are defined.
 HISTOGRAMS: dict[str, tuple[float, ...]] = {
@@ -46,6 +50,7 @@ HISTOGRAMS: dict[str, tuple[float, ...]] = {
 _lock = threading.Lock()
 _pending: dict[str, float] = defaultdict(float)
 _redis: Any = None
+_key = ""
 _flusher: threading.Thread | None = None
 _stop = threading.Event()
 MAX_PENDING_FIELDS = 10_000
@@ -105,10 +110,17 @@ def timed(name: str, **labels: Any) -> Iterator[None]:
         observe(name, time.monotonic() - started, **labels)
 
 
-def configure(redis_client: Any, flush_interval: float | None = 1.0) -> None:
-    """Send buffered metrics to this Redis; with an interval, from a daemon thread."""
-    global _redis, _flusher
+def redis_key(host: str = "") -> str:
+    """The hash of one host's series (`host` empty: this machine's host name)."""
+    return REDIS_KEY_PREFIX + (host or socket.gethostname())
+
+
+def configure(redis_client: Any, flush_interval: float | None = 1.0, host: str = "") -> None:
+    """Send buffered metrics to this host's hash in this Redis; with an interval, from a
+    daemon thread. `host` is ORDERFLOW_METRICS_HOST (empty: the system host name)."""
+    global _redis, _flusher, _key
     _redis = redis_client
+    _key = redis_key(host)
     if flush_interval and _flusher is None:
         _stop.clear()
         _flusher = threading.Thread(
@@ -134,7 +146,7 @@ def flush() -> bool:
     try:
         pipe = _redis.pipeline(transaction=False)
         for field, amount in batch.items():
-            pipe.hincrbyfloat(REDIS_KEY, field, amount)
+            pipe.hincrbyfloat(_key, field, amount)
         pipe.execute()
         return True
     except Exception:
@@ -152,9 +164,9 @@ def shutdown() -> None:
     flush()
 
 
-def read_all(redis_client: Any) -> dict[str, float]:
-    """Every recorded series (the exporter's view)."""
-    raw = redis_client.hgetall(REDIS_KEY)
+def read_all(redis_client: Any, host: str = "") -> dict[str, float]:
+    """Every series recorded on one host (the exporter's view of its own host)."""
+    raw = redis_client.hgetall(redis_key(host))
     return {
         (key.decode() if isinstance(key, bytes) else key): float(value)
         for key, value in raw.items()

@@ -400,6 +400,14 @@ SETTINGS: tuple[Setting, ...] = (
         _text,
         "/etc/postfix",
         "Postfix instance whose queue the CLI and exporter report on.",
+    Setting(
+        "ORDERFLOW_METRICS_HOST",
+        _text,
+        "",
+        "This host's name in the shared Redis metrics (one hash per host, so that every"
+        " exporter exports its own host's counts and sums across hosts stay true); empty means"
+        " the system host name.",
+    ),
     ),
     Setting(
         "ORDERFLOW_LOG_LEVEL",

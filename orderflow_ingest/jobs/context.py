@@ -48,7 +48,7 @@ class JobContext:
     def redis(self) -> Any:
         if self._redis is None:
             self._redis = queue.make_redis(self.settings)
-            metrics.configure(self._redis, flush_interval=None)
+            metrics.configure(self._redis, flush_interval=None, host=self.settings.metrics_host)
         return self._redis
 
 

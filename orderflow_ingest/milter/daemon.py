@@ -308,7 +308,7 @@ def serve(settings: Settings) -> int:
     from orderflow_ingest.queue import make_redis
 
     config, pool = build_milter_config(settings)
-    metrics.configure(make_redis(settings))
+    metrics.configure(make_redis(settings), host=settings.metrics_host)
     Milter.factory = lambda: OrderflowMilter(config)
     try:
         _register()

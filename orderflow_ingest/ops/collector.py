@@ -34,6 +34,7 @@ from prometheus_client.utils import floatToGoString
 from orderflow_ingest import metrics
 from orderflow_ingest.logs import log_event
 from orderflow_ingest.ops import postfix_queue
+from orderflow_ingest.ops.probes import unix_socket_listening
 
 METRIC_NAME = re.compile(r"^[a-zA-Z_:][a-zA-Z0-9_:]*$")
 LABEL_NAME = re.compile(r"^[a-zA-Z_][a-zA-Z0-9_]*$")
@@ -369,6 +370,14 @@ class Sources:
     rq_queues: tuple[str, ...]
     postfix_config_dir: str | None
     disk_paths: dict[str, Callable[[], str]]
+    # ORDERFLOW_METRICS_HOST: whose counters this exporter serves (empty: this host's name).
+    metrics_host: str = ""
+    # Reaches the bucket (a HEAD request); None on a host that should not check it.
+    s3_probe: Callable[[], None] | None = None
+    # Unix sockets that must have a listener on this host: the milter and the delivery
+    # service (read from /proc/net/unix: connecting would count as a delivery or a milter
+    # session, and the exporter's user may not be allowed to connect to the milter).
+    listeners: dict[str, str] = field(default_factory=dict)
 
 
 class OrderflowCollector(Collector):
@@ -423,7 +432,9 @@ class OrderflowCollector(Collector):
         sources = self._sources
         families: list[Metric] = []
         families += self._run(
-            "redis", lambda: families_from_hash(metrics.read_all(sources.redis())), up
+            "redis",
+            lambda: families_from_hash(metrics.read_all(sources.redis(), sources.metrics_host)),
+            up,
         )
         families += self._run(
             "redis", lambda: rq_families(rq_queue_states(sources.redis(), sources.rq_queues)), up
@@ -433,6 +444,10 @@ class OrderflowCollector(Collector):
         if sources.postfix_config_dir:
             families += self._run("postfix", lambda: postfix_families(self._postfix.get()), up)
         families += self._run("disk", self._disks, up)
+        if sources.s3_probe is not None:
+            families += self._run("s3", self._s3, up)
+        for backend, path in sources.listeners.items():
+            families += self._run(backend, lambda path=path: self._listening(path), up)  # type: ignore[misc]
         backend_up = GaugeMetricFamily(
             "orderflow_exporter_backend_up",
             "1 when the exporter could read this backend in this scrape, else 0.",
@@ -459,6 +474,17 @@ class OrderflowCollector(Collector):
         with self._sources.database() as conn:
             row = conn.execute(WEBHOOK_SQL).fetchone()
         return webhook_families(row)
+
+    def _s3(self) -> list[Metric]:
+        assert self._sources.s3_probe is not None
+        self._sources.s3_probe()
+        return []
+
+    @staticmethod
+    def _listening(path: str) -> list[Metric]:
+        if not unix_socket_listening(path):
+            raise ConnectionError(f"nothing listens on {path}")
+        return []
 
     def _disks(self) -> list[Metric]:
         usages = []

@@ -69,7 +69,7 @@ def _backends(settings: Any, s3: bool = True) -> Iterator[tuple[Any, Any, Any]]:
     except redis.exceptions.RedisError as error:
         conn.close()
         fail(f"Redis unreachable: {error}", EX_TEMPFAIL)
-    metrics.configure(redis_client, flush_interval=None)
+    metrics.configure(redis_client, flush_interval=None, host=settings.metrics_host)
     s3_client = None
     if s3:  # boto3 costs ~0.6 s to import and set up: only for commands that read S3
         from orderflow_ingest.storage import make_client

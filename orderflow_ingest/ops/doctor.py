@@ -20,13 +20,12 @@ from typing import Any
 
 from orderflow_ingest.ops import mx_checks
 from orderflow_ingest.ops.checks import FAIL, OK, SKIP, WARN, Check
+from orderflow_ingest.ops.probes import unix_socket_listening
 from orderflow_ingest.settings import Settings
 
 COMMAND_TIMEOUT = 20.0
 SOCKET_TIMEOUT = 5.0
 DEFAULT_MIN_FREE = 1024**3
-# /proc/net/unix flag of a listening socket (__SO_ACCEPTCON).
-SO_ACCEPTCON = 0x10000
 
 # Milter protocol (libmilter's mfdef.h): option negotiation then quit, nothing else.
 SMFIC_OPTNEG = b"O"
@@ -294,17 +293,6 @@ def check_milter_socket(settings: Settings) -> Check:
     return Check(
         "milter socket", OK, f"{settings.milter_socket} answers (milter protocol {version})"
     )
-
-
-def unix_socket_listening(path: str, proc_net_unix: str = "/proc/net/unix") -> bool:
-    """Whether some process listens on this unix socket path (without connecting to it)."""
-    with open(proc_net_unix, encoding="utf-8", errors="replace") as handle:
-        next(handle, None)
-        for line in handle:
-            fields = line.split()
-            if len(fields) >= 8 and fields[7] == path and int(fields[3], 16) & SO_ACCEPTCON:
-                return True
-    return False
 
 
 def check_deliver_socket(settings: Settings) -> Check:

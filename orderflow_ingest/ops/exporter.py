@@ -14,7 +14,7 @@ import logging
 import signal
 import socket
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
@@ -105,6 +105,20 @@ class LazyDatabase:
             self._conn = None
 
 
+def _s3_probe(settings: Settings) -> Callable[[], None]:
+    """HEAD the bucket with a client made on first use (boto3 is slow to import)."""
+    clients: list[Any] = []
+
+    def probe() -> None:
+        if not clients:
+            from orderflow_ingest import storage
+
+            clients.append(storage.make_client(settings))
+        clients[0].head_bucket(Bucket=settings.s3_bucket)
+
+    return probe
+
+
 def make_collector(settings: Settings, postfix_cache_seconds: float | None = None) -> Any:
     from redis import Redis
 
@@ -129,6 +143,13 @@ def make_collector(settings: Settings, postfix_cache_seconds: float | None = Non
         rq_queues=(settings.attachment_queue, settings.extraction_queue),
         postfix_config_dir=config_dir if has_postfix else None,
         disk_paths=disk_paths,
+        metrics_host=settings.metrics_host,
+        s3_probe=_s3_probe(settings),
+        listeners=(
+            {"milter": settings.milter_socket, "deliver_service": settings.deliver_socket}
+            if has_postfix
+            else {}
+        ),
     )
     options = (
         {} if postfix_cache_seconds is None else {"postfix_cache_seconds": postfix_cache_seconds}

@@ -194,7 +194,7 @@ def serve(settings: Settings) -> int:
         s3=storage.make_client(settings, max_pool_connections=workers),
         redis=redis_client,
     )
-    metrics.configure(redis_client)
+    metrics.configure(redis_client, host=settings.metrics_host)
     listener = bind_socket(settings)
     stopping = threading.Event()
 

@@ -101,7 +101,10 @@ def serve(settings: Any) -> int:
     from redis import Redis
 
     setup_logging(settings.log_level, settings.log_file, component="webhook-dispatcher")
-    metrics.configure(Redis.from_url(settings.redis_url, socket_timeout=settings.backend_timeout))
+    metrics.configure(
+        Redis.from_url(settings.redis_url, socket_timeout=settings.backend_timeout),
+        host=settings.metrics_host,
+    )
     dispatcher = Dispatcher(settings)
     signal.signal(signal.SIGTERM, lambda signum, frame: dispatcher.stop())
     signal.signal(signal.SIGINT, lambda signum, frame: dispatcher.stop())
