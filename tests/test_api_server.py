@@ -318,3 +318,46 @@ def test_the_served_openapi_document_is_the_committed_one(world: dict[str, Any])
     served = httpx.get(world["base"] + "/v1/openapi.json", timeout=30).json()
     committed = json.loads((DOCS / "openapi.json").read_text())
     assert served == committed, "run `orderflow-ingest api --print-openapi > docs/openapi.json`"
+
+
+def test_another_orgs_webhook_endpoints_and_deliveries_are_404(
+    world: dict[str, Any], settings: Any
+) -> None:
+    import psycopg
+    from psycopg.rows import dict_row
+
+    with psycopg.connect(settings.database_url, autocommit=True, row_factory=dict_row) as db:
+        endpoint = db.execute(
+            "INSERT INTO webhook_endpoint (org_id, url, secret) VALUES (%s,"
+            " 'https://receiver.example/hook', 'whsec_dGVzdA') RETURNING id::text AS id",
+            (world["globex"]["org_id"],),
+        ).fetchone()["id"]
+        delivery = db.execute(
+            "INSERT INTO webhook_delivery (endpoint_id, org_id, event_id, event_type,"
+            " event_occurred_at, webhook_id, payload, status)"
+            " VALUES (%s, %s, 1, 'message.parsed', now(), 'msg_test', '{}', 'failed')"
+            " RETURNING id::text AS id",
+            (endpoint, world["globex"]["org_id"]),
+        ).fetchone()["id"]
+    requests = [
+        ("GET", f"/v1/webhooks/endpoints/{endpoint}", None),
+        ("GET", f"/v1/webhooks/endpoints/{endpoint}/deliveries", None),
+        ("POST", f"/v1/webhooks/endpoints/{endpoint}/recover", {"since": "2020-01-01T00:00:00Z"}),
+        ("POST", f"/v1/webhooks/deliveries/{delivery}/redeliver", None),
+        ("DELETE", f"/v1/webhooks/endpoints/{endpoint}", None),
+        (
+            "POST",
+            "/v1/webhooks/endpoints",
+            {"org_id": world["globex"]["org_id"], "url": "https://receiver.example/x"},
+        ),
+    ]
+    with client(world) as http:
+        for method, path, body in requests:
+            response = http.request(method, path, json=body)
+            assert response.status_code == 404, (method, path, response.text)
+            assert response.headers["content-type"].startswith(PROBLEM)
+        listed = {item["id"] for item in http.get("/v1/webhooks/endpoints").json()["data"]}
+        assert endpoint not in listed
+    with client(world, "globex_key") as http:
+        assert http.get(f"/v1/webhooks/endpoints/{endpoint}").status_code == 200
+        assert http.get(f"/v1/webhooks/endpoints/{endpoint}/deliveries").status_code == 200

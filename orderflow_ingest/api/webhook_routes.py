@@ -1,0 +1,115 @@
+"""Webhook endpoints and their deliveries over HTTP (webhooks:manage), mounted by app.py.
+
+The logic is orderflow_ingest/webhooks/endpoints.py (every function takes the key's orgs);
+this module maps its None ("not within these orgs") to 404 and its refusals to 422.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Annotated, Any
+from uuid import UUID
+
+from fastapi import APIRouter, Depends, Query
+from pydantic import BaseModel, Field
+
+from orderflow_ingest import keys
+from orderflow_ingest.api.context import BackendsDep, DbConn, require
+from orderflow_ingest.api.problems import PROBLEM_RESPONSES, ApiProblem, not_found
+from orderflow_ingest.webhooks import endpoints
+
+router = APIRouter(prefix="/v1/webhooks", responses=PROBLEM_RESPONSES, tags=["webhooks"])
+Manage = Annotated[keys.Principal, Depends(require("webhooks:manage"))]
+
+
+class NewEndpoint(BaseModel):
+    org_id: UUID
+    url: str = Field(min_length=1, max_length=2048)
+    event_types: list[str] = Field(default_factory=list, max_length=50)
+    description: str = Field(default="", max_length=500)
+
+
+class Recover(BaseModel):
+    since: datetime
+    until: datetime | None = None
+
+
+class Listing(BaseModel):
+    data: list[dict[str, Any]]
+
+
+class Recovered(BaseModel):
+    requeued: int
+
+
+@router.get("/endpoints", response_model=Listing)
+def list_endpoints(principal: Manage, conn: DbConn) -> Any:
+    return {"data": endpoints.list_endpoints(conn, principal.org_ids)}
+
+
+@router.post("/endpoints", response_model=dict[str, Any], status_code=201)
+def create_endpoint(
+    body: NewEndpoint, principal: Manage, conn: DbConn, backends: BackendsDep
+) -> Any:
+    """Register an endpoint for one of the key's orgs; the signing secret is shown once."""
+    try:
+        created = endpoints.create_endpoint(
+            conn,
+            principal.org_ids,
+            body.org_id,
+            body.url,
+            body.event_types,
+            description=body.description,
+            guard=endpoints.UrlGuard.from_settings(backends.settings),
+        )
+    except endpoints.InvalidEndpoint as error:
+        raise ApiProblem(422, str(error)) from None
+    if created is None:
+        raise not_found("org")
+    endpoint, secret = created
+    return {**endpoint, "secret": secret}
+
+
+@router.get("/endpoints/{endpoint_id}", response_model=dict[str, Any])
+def get_endpoint(endpoint_id: UUID, principal: Manage, conn: DbConn) -> Any:
+    found = endpoints.get_endpoint(conn, principal.org_ids, endpoint_id)
+    if found is None:
+        raise not_found("endpoint")
+    return found
+
+
+@router.delete("/endpoints/{endpoint_id}", status_code=204)
+def delete_endpoint(endpoint_id: UUID, principal: Manage, conn: DbConn) -> None:
+    if not endpoints.delete_endpoint(conn, principal.org_ids, endpoint_id):
+        raise not_found("endpoint")
+
+
+@router.get("/endpoints/{endpoint_id}/deliveries", response_model=Listing)
+def list_deliveries(
+    endpoint_id: UUID,
+    principal: Manage,
+    conn: DbConn,
+    limit: Annotated[int, Query(ge=1, le=500)] = 100,
+) -> Any:
+    found = endpoints.list_deliveries(conn, principal.org_ids, endpoint_id, limit=limit)
+    if found is None:
+        raise not_found("endpoint")
+    return {"data": found}
+
+
+@router.post("/endpoints/{endpoint_id}/recover", response_model=Recovered)
+def recover(endpoint_id: UUID, body: Recover, principal: Manage, conn: DbConn) -> Any:
+    """Re-queue every failed delivery of the endpoint whose event happened in [since, until)."""
+    count = endpoints.recover(conn, principal.org_ids, endpoint_id, body.since, body.until)
+    if count is None:
+        raise not_found("endpoint")
+    return {"requeued": count}
+
+
+@router.post("/deliveries/{delivery_id}/redeliver", response_model=dict[str, Any])
+def redeliver(delivery_id: UUID, principal: Manage, conn: DbConn) -> Any:
+    """Send one delivery again: same body, same webhook-id, a fresh retry schedule."""
+    found = endpoints.redeliver(conn, principal.org_ids, delivery_id)
+    if found is None:
+        raise not_found("delivery")
+    return found
