@@ -24,6 +24,7 @@ import shutil
 import signal
 import socket
 import subprocess
+import sys
 import tempfile
 import time
 from collections.abc import Iterator
@@ -92,11 +93,7 @@ def framing_service(stack: Any) -> Iterator[FramingService]:
         "ORDERFLOW_POSTFIX_CONFIG_DIR": str(postfix_dir),
         "ORDERFLOW_LOG_FILE": str(log),
     }
-    script = Path(os.environ.get("VIRTUAL_ENV", "")) / "bin" / "orderflow-ingest"
-    if not script.is_file():
-        import sys
-
-        script = Path(sys.executable).parent / "orderflow-ingest"
+    script = Path(sys.executable).parent / "orderflow-ingest"
     with open(base / "stderr", "wb") as stderr:  # the child keeps its own descriptor
         process = subprocess.Popen(
             [str(script), "deliver-service", "--config", str(stack.config_path)],
@@ -278,6 +275,41 @@ def test_deadline_during_backlog_stores_nothing_then_the_complete_copy_is_stored
         os.kill(framing_service.process.pid, signal.SIGCONT)
     refused = framing_service.incomplete(queue_id)
     assert 0 < refused["received_bytes"] < len(raw)
+    assert rows(db, message_id) == []
+    assert raw_objects(stack, s3, db) == before
+    assert deliver_whole(framing_service, raw, queue_id + "R") == 0
+    assert_stored_whole(stack, s3, db, message_id, raw)
+
+
+def test_stdin_ended_early_because_pipe8_died_stores_nothing_then_the_complete_copy_is_stored_whole(
+    framing_service: FramingService, stack: Any, db: Any, s3: Any
+) -> None:
+    """pipe(8) killed while writing: the client sees a clean end of input, but its parent is
+    gone, so the input was cut off, not complete. No trailer; nothing stored."""
+    message_id, raw = big_order(200_000)
+    queue_id = unique_queue_id()
+    before = raw_objects(stack, s3, db)
+    reader, writer = os.pipe()
+    # A stand-in for pipe(8): starts the client on our pipe, then dies at once.
+    launcher = subprocess.run(
+        [
+            sys.executable,
+            "-c",
+            "import subprocess, sys; subprocess.Popen(sys.argv[1:], stdin=0,"
+            " stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)",
+            *client_command(framing_service, queue_id, address("acme")),
+        ],
+        stdin=reader,
+        env=client_env(framing_service),
+        timeout=60,
+        check=False,
+    )
+    assert launcher.returncode == 0
+    os.close(reader)
+    with open(writer, "wb") as stdin:
+        stdin.write(raw)  # all of it, then a clean end of file
+    refused = framing_service.incomplete(queue_id)
+    assert "without a trailer" in refused["reason"]
     assert rows(db, message_id) == []
     assert raw_objects(stack, s3, db) == before
     assert deliver_whole(framing_service, raw, queue_id + "R") == 0
