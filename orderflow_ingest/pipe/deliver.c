@@ -5,7 +5,8 @@
  * service (pipe/service.py) over a unix socket, in the wire format of pipe/protocol.py, and
  * exits with the service's answer. It is C because pipe(8) starts it once per message: a
  * Python interpreter alone costs ~8 ms of CPU, which on a 2-core host is a third of the whole
- * path's budget at 100 msg/s; this costs under 1 ms. Built by pipe/build.py.
+ * path's budget at 100 msg/s; this costs under 1 ms, plus ~5 ms per MiB for the trailer's
+ * sha256 (25 MiB: ~130 ms). Built by pipe/build.py.
  *
  *   orderflow-deliver [--config FILE] --sender S [--queue-id Q] -- RECIPIENT
  *
