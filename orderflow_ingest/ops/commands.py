@@ -37,7 +37,10 @@ def _json_default(value: Any) -> Any:
 
 
 def _dump(data: Any) -> str:
-    return json.dumps(data, default=_json_default, indent=2, ensure_ascii=False)
+    """JSON for the terminal: C1/bidi controls and lone surrogates as \\u escapes too."""
+    from orderflow_ingest.ops.terminal import safe_json
+
+    return safe_json(json.dumps(data, default=_json_default, indent=2, ensure_ascii=False))
 
 
 def _logging(settings: Any, component: str) -> None:

@@ -20,6 +20,7 @@ from rq.job import Job
 from orderflow_ingest import documents, messages
 from orderflow_ingest.db import Conn
 from orderflow_ingest.ops import postfix_queue, queries
+from orderflow_ingest.ops.terminal import safe_data
 from orderflow_ingest.ops.timeparse import human_duration
 from orderflow_ingest.queue import attachment_job_id, document_job_id
 from orderflow_ingest.settings import Settings
@@ -175,6 +176,7 @@ def postfix_story(
 
 
 def render_postfix_text(data: dict[str, Any]) -> str:
+    data = safe_data(data)  # sender-chosen text never reaches the terminal raw
     lines = [
         f"{data['identifier']}: not in the database (yet); what Postfix knows of it:",
     ]
@@ -330,7 +332,13 @@ def _job_line(job: dict[str, Any]) -> str:
     return line
 
 
+def _quoted(text: str | None) -> str:
+    """A (terminal-safe) string in quotes, None as None: repr() would double the escapes."""
+    return "None" if text is None else f"'{text}'"
+
+
 def render_text(data: dict[str, Any]) -> str:
+    data = safe_data(data)  # Subject, Message-ID, filenames: never raw on the terminal
     message = data["inbound_message"]
     org = data["org"]
     envelope = data["envelope"]
@@ -339,7 +347,7 @@ def render_text(data: dict[str, Any]) -> str:
         f"  org          {org['slug']} ({org['name']}, {org['status']})  {org['id']}",
         f"  Message-ID   {message['source_message_id']}"
         + ("  (synthetic)" if message["message_id_synthetic"] else ""),
-        f"  subject      {message['subject']!r}",
+        f"  subject      {_quoted(message['subject'])}",
         f"  from         {message['from_email']}   to {message['to_email']}",
         f"  envelope     MAIL FROM <{envelope['sender']}>  RCPT TO <{envelope['recipient']}>",
         f"  queue id     {envelope['postfix_queue_id'] or '-'}",
@@ -384,7 +392,8 @@ def render_text(data: dict[str, Any]) -> str:
     for doc in data["documents"]:
         decision = doc.get("decision_json") or {}
         lines.append(
-            f"  {doc['part_path']:<8} {doc['status']:<7} {doc['file_name']!r} {doc['mime_type']}"
+            f"  {doc['part_path']:<8} {doc['status']:<7} {_quoted(doc['file_name'])}"
+            f" {doc['mime_type']}"
             f" {doc['size_bytes']} bytes  {doc['id']}"
         )
         lines.append(f"           key {doc['storage_key']}")
