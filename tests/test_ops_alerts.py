@@ -53,6 +53,11 @@ SCRAPE_TIME_NAMES = {
     "orderflow_ingest_lag_seconds",
     "orderflow_disk_free_bytes",
     "orderflow_disk_size_bytes",
+    # orderflow_ingest/webhooks/gauges.py
+    "orderflow_webhook_oldest_undelivered_seconds",
+    "orderflow_webhook_deliveries_pending",
+    "orderflow_webhook_fanout_age_seconds",
+    "orderflow_webhook_endpoints",
 }
 
 
