@@ -21,7 +21,12 @@ MAX_NAME_BYTES = 200
 
 _ENCODED_WORD = re.compile(r"=\?([^?\s]+)\?([bBqQ])\?([^?]*)\?=")
 _SPACE_BETWEEN_WORDS = re.compile(r"(\?=)\s+(=\?)")
-_CONTINUATION = re.compile(r"^(?P<name>[^*]+)\*(?P<index>\d+)(?P<star>\*?)$")
+_CONTINUATION = re.compile(r"^(?P<name>[^*]+)\*(?P<index>[0-9]+)(?P<star>\*?)$")
+# RFC 2231 sets no limit; a header block is at most a megabyte, so more digits than this name
+# no real segment (and int() refuses over 4,300 digits, which used to fail the whole message).
+MAX_CONTINUATION_DIGITS = 6
+# Codecs Python has that are no MIME charset: they turn text into escapes, bytes or errors.
+_NOT_CHARSETS = {"unicode-escape", "raw-unicode-escape", "undefined", "punycode", "idna"}
 # Characters a name may not keep: path separators, and what Windows or a shell chokes on.
 _UNSAFE = re.compile(r'[/\\:*?"<>|]')
 _SPACES = re.compile(r"\s+")
@@ -42,9 +47,13 @@ def lookup_charset(name: str) -> str | None:
     if not label:
         return None
     try:
-        return codecs.lookup(label).name
-    except (LookupError, ValueError):  # ValueError: a NUL in the name
+        info = codecs.lookup(label)
+    except (LookupError, ValueError, TypeError):  # ValueError: a NUL in the name
         return None
+    # rot13, hex, base64, zlib ... are bytes-to-bytes codecs: `bytes.decode` refuses them.
+    if not getattr(info, "_is_text_encoding", True) or info.name in _NOT_CHARSETS:
+        return None
+    return info.name
 
 
 def decode_bytes(raw: bytes, charset: str | None = None) -> tuple[str, bool]:
@@ -58,7 +67,7 @@ def decode_bytes(raw: bytes, charset: str | None = None) -> tuple[str, bool]:
         if candidate is not None:
             try:
                 return raw.decode(candidate), True
-            except UnicodeDecodeError:
+            except Exception:  # any codec's failure means "try the next one"
                 pass
     try:
         return raw.decode("cp1252"), False
@@ -67,8 +76,14 @@ def decode_bytes(raw: bytes, charset: str | None = None) -> tuple[str, bool]:
 
 
 def header_text_to_bytes(value: str) -> bytes:
-    """Header strings from the stdlib parser carry 8-bit bytes as surrogates; get them back."""
-    return value.encode("utf-8", "surrogateescape")
+    """Header strings from the stdlib parser carry 8-bit bytes as surrogates; get them back.
+
+    A surrogate that is no such escape (decoded from `utf-7`, say) becomes `?`: never raises.
+    """
+    try:
+        return value.encode("utf-8", "surrogateescape")
+    except UnicodeEncodeError:
+        return value.encode("utf-8", "replace")
 
 
 def decode_header_text(value: str) -> str:
@@ -79,8 +94,7 @@ def decode_header_text(value: str) -> str:
 
 
 def _decode_q(text: str) -> bytes:
-    data = text.replace("_", " ").encode("ascii", "surrogateescape")
-    return binascii.a2b_qp(data)
+    return binascii.a2b_qp(header_text_to_bytes(text.replace("_", " ")))
 
 
 def _decode_b(text: str) -> bytes:
@@ -205,6 +219,9 @@ def parse_header_params(value: str) -> tuple[str, dict[str, str], list[str]]:
         if not quoted:
             text = text.strip()
         match = _CONTINUATION.match(name)
+        if match and len(match.group("index")) > MAX_CONTINUATION_DIGITS:
+            defects.append(f"RFC 2231 continuation index of {len(match.group('index'))} digits")
+            continue
         if match:
             segments = continued.setdefault(match.group("name"), {})
             segments.setdefault(int(match.group("index")), (text, bool(match.group("star"))))

@@ -25,7 +25,7 @@ from email import policy as email_policy
 from email.parser import BytesHeaderParser
 from typing import Any, BinaryIO, Protocol
 
-from orderflow_ingest.jobs import filenames
+from orderflow_ingest.jobs import filenames, safetext
 from orderflow_ingest.jobs.decoders import (
     Decoder,
     UudecodeDecoder,
@@ -362,6 +362,11 @@ class MimeWalker:
         defects += param_defects
         content_type = normalise(token)
         type_defaulted = False
+        if not content_type and token.split("/", 1)[0].strip() == "multipart":
+            # RFC 2046 §5.1.7: an unrecognised multipart subtype is treated as multipart/mixed;
+            # a malformed one (`multipart/*`) too, or its attachments vanish into one body.
+            defects.append(f"malformed multipart type {declared[:60]!r}; walked as mixed")
+            content_type = "multipart/mixed"
         if not content_type:
             if declared:
                 defects.append(f"unparseable Content-Type {declared[:60]!r}")
@@ -391,7 +396,7 @@ class MimeWalker:
             params=params,
             disposition=disposition,
             disposition_params=disposition_params,
-            filename=filename.strip() if filename and filename.strip() else None,
+            filename=_clean_name(filename),
             encoding=normalise_encoding(
                 filenames.decode_header_text(raw.get("content-transfer-encoding", ""))
             ),
@@ -515,6 +520,13 @@ class MimeWalker:
         )
         self._handler.leaf_done(info, sink, end)
         return term
+
+
+def _clean_name(filename: str | None) -> str | None:
+    """The decoded name without NUL or lone surrogates (kept whole: the extension is at the end)."""
+    if not filename or not filename.strip():
+        return None
+    return safetext.clean(filename.strip(), limit=None)
 
 
 def _angle_free(value: str | None) -> str | None:
