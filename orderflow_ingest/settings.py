@@ -245,6 +245,13 @@ SETTINGS: tuple[Setting, ...] = (
     ),
     Setting("ORDERFLOW_JOB_TIMEOUT", _int, "900", "Seconds an attachment job may run in RQ."),
     Setting("ORDERFLOW_MAX_MIME_DEPTH", _int, "20", "Nesting beyond this is not walked into."),
+    Setting(
+        "ORDERFLOW_MAX_DOCUMENTS_PER_MESSAGE",
+        _at_least(1),
+        "500",
+        "Documents extracted from one message at most; parts beyond are recorded as skipped "
+        "with the reason (the raw message keeps them).",
+    ),
     # The milter.
     Setting(
         "ORDERFLOW_MILTER_SOCKET",

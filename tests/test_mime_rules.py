@@ -199,7 +199,7 @@ def test_multipart_related_images_are_inline_body_images() -> None:
         "--r",
         "Content-Type: text/html",
         "",
-        "<p>logo below</p>",
+        '<p>logo below <img src="cid:logo@x"></p>',
         "--r",
         'Content-Type: image/png; name="logo.png"',
         "Content-ID: <logo@x>",
@@ -211,8 +211,32 @@ def test_multipart_related_images_are_inline_body_images() -> None:
     result = inspect_bytes(mixed(related, pdf_part()))
     image = by_part(result)["1.1.2"]
     assert image["decision"] == "inline-image"
-    assert "non-root part of multipart/related" in image["reason"]
+    assert image["reason"] == (
+        "inline body image: the HTML body references cid:logo@x (multipart/related)"
+    )
     assert [d["filename"] for d in result["documents"]] == ["po.pdf"]
+
+
+def test_item5_unreferenced_image_in_multipart_related_is_document() -> None:
+    """multipart/related proves nothing: only a reference from an HTML body does."""
+    related = [
+        'Content-Type: multipart/related; boundary="r"',
+        "",
+        "--r",
+        "Content-Type: text/html",
+        "",
+        "<p>the order is in the photo</p>",
+        "--r",
+        'Content-Type: image/jpeg; name="IMG_0001.jpeg"',
+        "Content-ID: <IMG_0001@apple>",
+        "Content-Transfer-Encoding: base64",
+        "",
+        b64(JPEG),
+        "--r--",
+    ]
+    (document,) = documents(mixed(related))
+    assert (document["part"], document["filename"]) == ("1.1.2", "IMG_0001.jpeg")
+    assert document["sha256"] == sha(JPEG)
 
 
 def test_cid_referenced_image_outside_related_is_inline() -> None:
@@ -287,12 +311,63 @@ def test_unreferenced_inline_photo_is_a_document() -> None:
     assert "nothing references" in document["reason"]
 
 
-def test_image_without_name_or_attachment_is_not_a_document() -> None:
+def test_item5_unreferenced_image_without_name_is_document() -> None:
     raw = mixed(
         text_part(),
         ["Content-Type: image/gif", "Content-Transfer-Encoding: base64", "", b64(b"GIF89a")],
     )
-    assert by_part(inspect_bytes(raw))["1.2"]["decision"] == "not-document"
+    (document,) = documents(raw)
+    assert (document["part"], document["filename"]) == ("1.2", "part-1.2.gif")
+    assert "nothing references" in document["reason"]
+
+
+def test_item5_unreferenced_inline_image_with_content_id_is_document() -> None:
+    """Apple Mail, plain-text body: the photographed order is inline, has a Content-ID and a
+    Content-Location, and no name. Nothing references it, so it is the order."""
+    raw = mixed(
+        text_part("Bestellung anbei"),
+        [
+            "Content-Type: image/jpeg",
+            "Content-Disposition: inline",
+            "Content-ID: <3F1C-4711@apple.example>",
+            "Content-Location: IMG_4711.jpeg",
+            "Content-Transfer-Encoding: base64",
+            "",
+            b64(JPEG),
+        ],
+    )
+    (document,) = documents(raw)
+    assert document["part"] == "1.2"
+    assert document["mime_type"] == "image/jpeg"
+    assert document["sha256"] == sha(JPEG)
+
+
+def test_item5_image_referenced_by_a_later_html_part_is_inline() -> None:
+    """The HTML that references the image comes after it: decided at the end of the walk."""
+    raw = mixed(
+        [
+            "Content-Type: image/png",
+            "Content-ID: <later@x>",
+            "Content-Transfer-Encoding: base64",
+            "",
+            b64(PNG),
+        ],
+        ["Content-Type: text/html", "", '<img src="cid:later@x">'],
+    )
+    parts = by_part(inspect_bytes(raw))
+    assert parts["1.1"]["decision"] == "inline-image"
+    assert "cid:later@x" in parts["1.1"]["reason"]
+
+
+def test_item5_unknown_multipart_subtype_walked_as_mixed() -> None:
+    """RFC 2046 §5.1.7: an unrecognised or malformed multipart subtype is multipart/mixed."""
+    for ctype in ("multipart/*", "multipart", "multipart/x-foo", "Multipart/[weird]"):
+        raw = mixed(text_part(), pdf_part(), ctype=ctype)
+        result = inspect_bytes(raw)
+        assert [(d["part"], d["filename"]) for d in result["documents"]] == [("1.2", "po.pdf")], (
+            ctype
+        )
+        assert by_part(result)["1.1"]["decision"] == "body", ctype
 
 
 # --- documents and their names ----------------------------------------------------------------

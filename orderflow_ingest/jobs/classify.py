@@ -5,9 +5,12 @@ of the order as an unreferenced inline image, Outlook wraps everything in winmai
 part's decision carries a human-readable reason that `inspect`, the logs and the
 inbound_message_part table show; nothing is dropped without one.
 
-Images cannot always be decided from their headers: whether the HTML body references one
-(cid: or Content-Location) may only be known once the whole message is walked. Those are
-CANDIDATE_IMAGE until `decide_image` settles them.
+An image is a body image only when an HTML body of the same message references it (cid: or
+Content-Location). Having a Content-ID, being inline, or sitting in multipart/related proves
+nothing: Apple Mail gives every inline image a Content-ID, even a photographed order in a
+text/plain message. The reference may come after the image, so every image is a
+CANDIDATE_IMAGE until `decide_image` settles it (at once when a body already referenced it,
+else after the walk).
 """
 
 from __future__ import annotations
@@ -32,6 +35,7 @@ class Kind(StrEnum):
     TNEF = "tnef"  # winmail.dat: unpacked, its files become documents
     ENCODED_MESSAGE = "encoded-message"  # message/rfc822 with base64/QP: decoded, then walked
     CANDIDATE_IMAGE = "candidate-image"  # decided after the walk by the body's references
+    SKIPPED = "skipped"  # a document over the per-message cap: not extracted, the raw keeps it
 
 
 @dataclass(frozen=True)
@@ -108,17 +112,7 @@ def classify_leaf(info: PartInfo) -> Decision:
             f"attached message in {info.encoding or 'unknown'} encoding: decoded and walked into",
         )
     if content_type.startswith("image/"):
-        if info.in_related and not info.related_root:
-            return Decision(
-                Kind.INLINE_IMAGE, "inline body image: non-root part of multipart/related"
-            )
-        if named or attachment:
-            return Decision(
-                Kind.CANDIDATE_IMAGE, "image with a filename: document unless referenced"
-            )
-        if info.content_id:
-            return Decision(Kind.INLINE_IMAGE, "inline body image: Content-ID and no filename")
-        return Decision(Kind.NOT_DOCUMENT, "image without a filename, not an attachment")
+        return Decision(Kind.CANDIDATE_IMAGE, "image: a document unless an HTML body references it")
     if content_type.startswith("text/") and not named and not attachment:
         return Decision(Kind.BODY, f"body text ({content_type})")
     if named:
@@ -151,15 +145,15 @@ _CSS_URL = re.compile(rb"url\(\s*[\"']?([^\"')]+)", re.IGNORECASE)
 class References:
     """What HTML bodies point at: Content-IDs and URLs (bounded: a body cannot exhaust memory)."""
 
-    cids: set[str] = field(default_factory=set)
+    cids: set[str] = field(default_factory=set)  # lower case: Content-IDs are matched so
     urls: set[str] = field(default_factory=set)
     limit: int = 10000
     MAX_LENGTH = 2048  # a Content-ID or URL longer than this references no part of ours
 
     def add_cid(self, value: str) -> None:
         if len(self.cids) < self.limit and len(value) <= self.MAX_LENGTH:
-            self.cids.add(value)
-            self.cids.add(unquote(value))
+            self.cids.add(value.lower())
+            self.cids.add(unquote(value).lower())
 
     def add_url(self, value: str) -> None:
         if len(self.urls) < self.limit and value and len(value) <= self.MAX_LENGTH:
@@ -167,10 +161,7 @@ class References:
 
     def references(self, info: PartInfo) -> str | None:
         """How the body refers to this part, or None."""
-        if info.content_id and (
-            info.content_id in self.cids
-            or info.content_id.lower() in {c.lower() for c in self.cids}
-        ):
+        if info.content_id and info.content_id.lower() in self.cids:
             return f"cid:{info.content_id}"
         location = (info.content_location or "").strip()
         if location and any(url == location or url.endswith("/" + location) for url in self.urls):
@@ -220,13 +211,24 @@ class ReferenceScanner:
                 self._references.add_url(match.group(1).decode("utf-8", "replace"))
 
 
+def referenced_image(info: PartInfo, references: References) -> Decision | None:
+    """INLINE_IMAGE when a body scanned so far references this image, else None (undecided)."""
+    how = references.references(info)
+    if how is None:
+        return None
+    where = " (multipart/related)" if info.in_related else ""
+    return Decision(Kind.INLINE_IMAGE, f"inline body image: the HTML body references {how}{where}")
+
+
 def decide_image(info: PartInfo, references: References) -> Decision:
     """Settle a CANDIDATE_IMAGE once every HTML body has been scanned."""
-    how = references.references(info)
-    if how is not None:
-        return Decision(Kind.INLINE_IMAGE, f"inline body image: the HTML body references {how}")
+    inline = referenced_image(info, references)
+    if inline is not None:
+        return inline
     if info.filename is None:
-        return Decision(Kind.DOCUMENT, "image attached without a filename: named by part")
+        return Decision(
+            Kind.DOCUMENT, "image that nothing references, without a filename: named by part"
+        )
     return Decision(
         Kind.DOCUMENT, "image with a filename that nothing references (photo of an order)"
     )

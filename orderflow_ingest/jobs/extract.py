@@ -3,20 +3,23 @@
 This is the classification `inspect` prints and the RQ job stores: the walker streams the
 message, `classify` decides each part, documents are decoded into spool files in a private
 temporary directory (sha256, size and the first bytes for type sniffing computed on the way),
-winmail.dat is unpacked, base64-encoded attached messages are decoded and walked, and images
-are settled once every HTML body has been read. No backend is touched here.
+winmail.dat is unpacked (in a child under limits), base64-encoded attached messages are
+decoded and walked, and images are settled once every HTML body has been read. A message yields
+at most `max_documents` documents: parts beyond are recorded as skipped, the raw keeps them.
+No backend is touched here.
 """
 
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import os
 import tempfile
 from dataclasses import asdict, dataclass, field
 from typing import Any, BinaryIO
 
-from orderflow_ingest.jobs import filenames, mimetypes, tnef
+from rq.timeouts import JobTimeoutException
+
+from orderflow_ingest.jobs import filenames, mimetypes, safetext, sandbox, tnef
 from orderflow_ingest.jobs.classify import (
     Decision,
     Kind,
@@ -25,7 +28,9 @@ from orderflow_ingest.jobs.classify import (
     classify_container,
     classify_leaf,
     decide_image,
+    referenced_image,
 )
+from orderflow_ingest.jobs.spool import SpoolSink
 from orderflow_ingest.jobs.walker import (
     LeafEnd,
     MimeWalker,
@@ -34,40 +39,15 @@ from orderflow_ingest.jobs.walker import (
     SourceError,
     UnparseableMessage,
 )
+from orderflow_ingest.settings import SETTINGS
 
 DEFAULT_MAX_DEPTH = 20
 DEFAULT_MAX_HEADER_BYTES = 1024 * 1024
+DEFAULT_MAX_DOCUMENTS = int(
+    next(s.default for s in SETTINGS if s.name == "ORDERFLOW_MAX_DOCUMENTS_PER_MESSAGE") or 0
+)
 
-
-class SpoolSink:
-    """Decoded bytes to a file, with sha256, size and the first bytes on the way."""
-
-    def __init__(self, path: str) -> None:
-        self.path = path
-        self._file = open(path, "wb")  # noqa: SIM115 - closed by close(), after the walk
-        self._hash = hashlib.sha256()
-        self.size = 0
-        self.head = b""
-
-    def write(self, data: bytes) -> None:
-        if len(self.head) < mimetypes.HEAD_BYTES:
-            self.head += data[: mimetypes.HEAD_BYTES - len(self.head)]
-        self._hash.update(data)
-        self.size += len(data)
-        self._file.write(data)
-
-    def close(self) -> None:
-        if not self._file.closed:
-            self._file.close()
-
-    @property
-    def sha256(self) -> str:
-        return self._hash.hexdigest()
-
-    def discard(self) -> None:
-        self.close()
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(self.path)
+__all__ = ["Document", "Extraction", "Skipped", "SpoolSink", "extract_message"]
 
 
 @dataclass
@@ -108,6 +88,7 @@ class Extraction:
     error: dict[str, str] | None
     size_bytes: int
     _spool: tempfile.TemporaryDirectory[str] | None = None
+    over_cap: int = 0  # documents not extracted: beyond max_documents
 
     def close(self) -> None:
         if self._spool is not None:
@@ -127,6 +108,7 @@ class Extraction:
             "defects": self.defects,
             "error": self.error,
             "size_bytes": self.size_bytes,
+            "over_cap": self.over_cap,
         }
 
 
@@ -137,10 +119,14 @@ def _path_key(path: str) -> tuple[int, ...]:
 class _Extractor:
     """The walker's handler: classifies, spools and records."""
 
-    def __init__(self, spool_dir: str, max_depth: int, max_header_bytes: int) -> None:
+    def __init__(
+        self, spool_dir: str, max_depth: int, max_header_bytes: int, max_documents: int
+    ) -> None:
         self.spool_dir = spool_dir
         self.max_depth = max_depth
         self.max_header_bytes = max_header_bytes
+        self.max_documents = max_documents
+        self.over_cap = 0
         self.references = References()
         self.documents: list[Document] = []
         self.skipped: list[Skipped] = []
@@ -159,6 +145,15 @@ class _Extractor:
 
     def leaf(self, info: PartInfo) -> Sink | None:
         decision = classify_leaf(info)
+        if decision.kind is Kind.CANDIDATE_IMAGE:
+            # Referenced by a body already walked: settled now, never spooled.
+            decision = referenced_image(info, self.references) or decision
+        if (
+            decision.captures
+            and decision.kind is not Kind.ENCODED_MESSAGE
+            and len(self.documents) >= self.max_documents
+        ):
+            decision = self._cap_decision()
         self._decisions[info.path] = decision
         if decision.captures:
             sink = SpoolSink(self._spool_path())
@@ -195,7 +190,8 @@ class _Extractor:
         self._open.clear()
 
     def finish(self) -> None:
-        """Settle the images now that every HTML body has been scanned."""
+        """Settle the images now that every HTML body has been scanned, then apply the cap:
+        the first `max_documents` in part order are documents, the rest are skipped."""
         self.close_sinks()
         for info, sink, end in self._candidates:
             decision = decide_image(info, self.references)
@@ -206,7 +202,25 @@ class _Extractor:
                 self._skip(info, decision)
         self._candidates.clear()
         self.documents.sort(key=lambda document: _path_key(document.part))
+        for document in self.documents[self.max_documents :]:
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(document.spool_path)
+            self._skip_over_cap(document.part, document.declared_type)
+        del self.documents[self.max_documents :]
         self.skipped.sort(key=lambda skipped: _path_key(skipped.part))
+
+    def _cap_decision(self) -> Decision:
+        self.over_cap += 1
+        return Decision(
+            Kind.SKIPPED,
+            f"over the cap of {self.max_documents} documents per message "
+            "(ORDERFLOW_MAX_DOCUMENTS_PER_MESSAGE): not extracted; the raw message keeps it",
+        )
+
+    def _skip_over_cap(self, path: str, content_type: str) -> None:
+        self.skipped.append(
+            Skipped(path, content_type, Kind.SKIPPED.value, self._cap_decision().reason)
+        )
 
     def _spool_path(self) -> str:
         self._counter += 1
@@ -221,12 +235,14 @@ class _Extractor:
             Skipped(info.path, info.content_type, decision.kind.value, decision.reason)
         )
 
-    def _add_document(self, info: PartInfo, sink: SpoolSink, end: LeafEnd, reason: str) -> None:
-        original = info.filename or end.uuencode_name
+    def _add_document(
+        self, info: PartInfo, sink: SpoolSink, end: LeafEnd, reason: str, failed: bool = False
+    ) -> None:
+        original = safetext.clean_optional(info.filename or end.uuencode_name, limit=None)
         declared = "" if info.type_defaulted else info.content_type
         safe = filenames.sanitise(original)
         mime_type = mimetypes.refine(declared, safe or original, sink.head)
-        status = "STORED"
+        status = "FAILED" if failed else "STORED"
         defects = list(info.defects) + list(end.defects)
         if end.truncated or end.corrupt:
             status = "FAILED"
@@ -235,7 +251,7 @@ class _Extractor:
             Document(
                 part=info.path,
                 filename=safe or filenames.fallback_name(info.path, mime_type),
-                original_filename=original,
+                original_filename=safetext.clean_optional(original),
                 mime_type=mime_type,
                 declared_type=info.content_type,
                 size_bytes=sink.size,
@@ -247,62 +263,56 @@ class _Extractor:
             )
         )
 
-    def _new_sink(self) -> SpoolSink:
-        sink = SpoolSink(self._spool_path())
-        self._open.append(sink)
-        return sink
-
     def _unpack_tnef(self, info: PartInfo, sink: SpoolSink, end: LeafEnd) -> None:
         if end.truncated or end.corrupt:
             # tnefparse reads a cut blob without complaint and returns cut files.
             self._add_document(info, sink, end, "winmail.dat damaged: stored as it is")
             return
-        files: list[tuple[str, str | None, SpoolSink]] = []
+        room = max(self.max_documents - len(self.documents), 0)
+        prefix = f"tnef-{info.path}-"
         try:
-            if sink.size > tnef.STREAM_THRESHOLD:
-                with open(sink.path, "rb") as handle:
-                    streamed = tnef.stream_unpack(handle, sink.size, self._new_sink)
-                files = [(f.index_path, f.name, f.sink) for f in streamed]
-            else:
-                with open(sink.path, "rb") as handle:
-                    blob = handle.read()
-                unpacked = tnef.unpack(blob)
-                del blob
-                for inner in unpacked:
-                    inner_sink = self._new_sink()
-                    inner_sink.write(inner.data)
-                    files.append((inner.index_path, inner.name, inner_sink))
-                del unpacked
+            unpacked = tnef.unpack_file(sink.path, sink.size, self.spool_dir, prefix, room)
         except tnef.TnefError as error:
-            for _, _, inner_sink in files:
-                inner_sink.discard()
             reason = f"winmail.dat could not be unpacked ({error}): stored as it is"
             self._add_document(info, sink, end, reason)
             return
+        except sandbox.LimitExceeded as error:
+            # A content failure, not a fault of ours: stored, recorded, never retried.
+            reason = f"winmail.dat not unpacked: {error}; stored as it is"
+            self._add_document(info, sink, end, reason, failed=True)
+            return
         sink.discard()
-        if not files:
+        if not unpacked.total:
             self._skip(info, Decision(Kind.TNEF, "winmail.dat holds no files (message body only)"))
             return
-        self._skip(info, Decision(Kind.TNEF, f"winmail.dat unpacked: {len(files)} file(s) inside"))
-        for index_path, name, inner_sink in files:
-            inner_sink.close()
-            path = f"{info.path}.{index_path}"
-            safe = filenames.sanitise(name)
-            mime_type = mimetypes.refine("", safe, inner_sink.head)
+        reason = f"winmail.dat unpacked: {unpacked.total} file(s) inside"
+        beyond = unpacked.total - len(unpacked.files)
+        if beyond:
+            reason += f"; {beyond} over the cap of {self.max_documents} documents not extracted"
+            self.over_cap += beyond - len(unpacked.over_cap)  # counted, not listed
+        self._skip(info, Decision(Kind.TNEF, reason))
+        for inner in unpacked.files:
+            path = f"{info.path}.{inner.index_path}"
+            original = safetext.clean_optional(inner.name, limit=None)
+            safe = filenames.sanitise(original)
+            mime_type = mimetypes.refine("", safe, inner.head)
+            assert inner.spool_path is not None
             self.documents.append(
                 Document(
                     part=path,
                     filename=safe or filenames.fallback_name(path, mime_type),
-                    original_filename=name,
+                    original_filename=safetext.clean_optional(original),
                     mime_type=mime_type,
                     declared_type="",
-                    size_bytes=inner_sink.size,
-                    sha256=inner_sink.sha256,
-                    spool_path=inner_sink.path,
+                    size_bytes=inner.size,
+                    sha256=inner.sha256,
+                    spool_path=inner.spool_path,
                     status="STORED",
                     reason="file inside winmail.dat",
                 )
             )
+        for inner in unpacked.over_cap:
+            self._skip_over_cap(f"{info.path}.{inner.index_path}", "")
 
     def _walk_encoded(self, info: PartInfo, sink: SpoolSink, end: LeafEnd) -> None:
         if info.depth + 1 >= self.max_depth:
@@ -340,6 +350,7 @@ def extract_message(
     spool_dir: str | None = None,
     max_depth: int = DEFAULT_MAX_DEPTH,
     max_header_bytes: int = DEFAULT_MAX_HEADER_BYTES,
+    max_documents: int = DEFAULT_MAX_DOCUMENTS,
 ) -> Extraction:
     """Walk and classify one message; documents end up as files in a private spool directory.
 
@@ -348,21 +359,21 @@ def extract_message(
     on strange content, comes back as `error`, with whatever was found before it.
     """
     spool = tempfile.TemporaryDirectory(prefix="orderflow-extract-", dir=spool_dir)
-    extractor = _Extractor(spool.name, max_depth, max_header_bytes)
+    extractor = _Extractor(spool.name, max_depth, max_header_bytes, max_documents)
     walker = MimeWalker(source, extractor, max_depth=max_depth, max_header_bytes=max_header_bytes)
     error: dict[str, str] | None = None
     try:
         walker.walk()
     except UnparseableMessage as problem:
         error = {"error": "unparseable", "detail": str(problem)}
-    except (SourceError, OSError, MemoryError):
-        spool.cleanup()
+    except (SourceError, OSError, MemoryError, JobTimeoutException):
+        spool.cleanup()  # RQ's timeout is no content problem: the job fails and is retried
         raise
     except Exception as problem:  # a bug met on strange content: record it, never crash
         error = {"error": "walker_failed", "detail": f"{type(problem).__name__}: {problem}"[:300]}
     try:
         extractor.finish()
-    except (OSError, MemoryError):
+    except (OSError, MemoryError, JobTimeoutException):
         spool.cleanup()
         raise
     except Exception as problem:
@@ -376,4 +387,5 @@ def extract_message(
         error=error,
         size_bytes=walker.bytes_read,
         _spool=spool,
+        over_cap=extractor.over_cap,
     )
