@@ -86,6 +86,34 @@ def _backends(settings: Any, s3: bool = True) -> Iterator[tuple[Any, Any, Any]]:
         redis_client.close()
 
 
+def _database_unreachable(settings: Any) -> str | None:
+    """None when PostgreSQL answers, else one line saying why not."""
+    import psycopg
+
+    from orderflow_ingest.db import connect
+
+    try:
+        connect(settings.database_url, timeout=settings.backend_timeout).close()
+    except psycopg.OperationalError as error:
+        return f"PostgreSQL unreachable: {str(error).strip().splitlines()[0]}"
+    return None
+
+
+def _show_postfix_only(
+    settings: Any, identifier: str, maillog: str | None, as_json: bool, database_error: str
+) -> None:
+    """During a database outage, mail waits in Postfix's queue: show what Postfix knows."""
+    from orderflow_ingest.ops import queries, trace
+
+    typer.echo(f"{database_error}; showing what Postfix knows", err=True)
+    kind = queries.postfix_kind(identifier)
+    known = trace.postfix_story(settings, identifier.strip(), kind, maillog)
+    if known is None:
+        fail(f"{database_error}, and Postfix knows nothing of {identifier!r}", EX_TEMPFAIL)
+    known["database_error"] = database_error
+    typer.echo(_dump([known]) if as_json else trace.render_postfix_text(known))
+
+
 # --- reprocess ---------------------------------------------------------------------------
 
 
@@ -366,6 +394,10 @@ def show(
 
     settings = settings_or_exit(config)
     _logging(settings, "show")
+    database_error = _database_unreachable(settings)
+    if database_error is not None:
+        _show_postfix_only(settings, identifier, maillog, as_json, database_error)
+        return
     with _backends(settings) as (conn, redis_client, s3):
         resolved = queries.resolve(conn, identifier, org)
         conn.commit()

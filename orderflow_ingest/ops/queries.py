@@ -76,6 +76,17 @@ def resolve(conn: Conn, identifier: str, org_slug: str | None = None) -> Resolve
     return resolved
 
 
+def postfix_kind(text: str) -> str:
+    """What Postfix could know an identifier as, without the database: message_id, queue_id
+    or unknown (a row id or trace_id exists only in PostgreSQL)."""
+    text = text.strip()
+    if "@" in text or text.startswith("<"):
+        return "message_id"
+    if QUEUE_ID.match(text) and not _is_uuid(text):
+        return "queue_id"
+    return "unknown"
+
+
 def _resolve(conn: Conn, text: str) -> Resolved:
     if _is_uuid(text):
         rows = _where(conn, "m.id = %s", (text,))
