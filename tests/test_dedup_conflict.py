@@ -202,6 +202,48 @@ def test_item2_concurrent_copies_via_two_mx_give_one_row(mx2: Any, stack: Any, d
     assert len([e for e in duplicates if e["message_id"] == msg["Message-ID"]]) == 5
 
 
+def test_item2_concurrent_conflicting_copies_are_both_kept_and_linked(
+    mx2: Any, stack: Any, db: Any
+) -> None:
+    """Two contents under one Message-ID arriving at once on both MX hosts (each twice):
+    two rows, never one, and exactly one of them linked to the other."""
+    message_ids = [f"<race-{uuid.uuid4().hex}@erp.customer.example>" for _ in range(3)]
+    sends = []
+    for message_id in message_ids:
+        for body in ("10 pallets", "11 pallets"):
+            raw = order_email(message_id=message_id, body=body).as_bytes()
+            sends += [(stack, raw), (mx2, raw)]
+    with ThreadPoolExecutor(8) as pool:
+        list(pool.map(lambda job: smtp_send(*job), sends))
+    for message_id in message_ids:
+        first, second = rows_in(db, message_id, 2, ("STORED", "PARSED"))
+        assert first["conflict_of"] is None
+        assert second["conflict_of"] == first["id"]
+    stack.wait_for_empty_queue(60)
+    mx2.wait_for_empty_queue(60)
+    for message_id in message_ids:
+        assert len(rows_for(db, message_id)) == 2
+
+
+def test_item2_row_from_before_content_hashes_is_matched_by_its_bytes(stack: Any, db: Any) -> None:
+    """Rows written before sql/003 have no content_sha256: the same bytes again are still a
+    duplicate, other content is a conflict linked to the old row."""
+    message_id = f"<old-{uuid.uuid4().hex}@customer.example>"
+    raw = order_email(message_id=message_id).as_bytes()
+    sender = "legacy@customer.example"
+    assert hand_to_delivery_service(stack, raw, sender, address("acme")) == 0
+    (old,) = rows_for(db, message_id)
+    db.execute("UPDATE inbound_message SET content_sha256 = NULL WHERE id = %s", (old["id"],))
+    assert hand_to_delivery_service(stack, raw, sender, address("acme")) == 0
+    assert len(rows_for(db, message_id)) == 1
+    other = order_email(message_id=message_id, body="other order").as_bytes()
+    assert hand_to_delivery_service(stack, other, sender, address("acme")) == 0
+    rows = rows_for(db, message_id)
+    assert len(rows) == 2
+    (new,) = [row for row in rows if row["id"] != old["id"]]
+    assert str(new["conflict_of"]) == old["id"]
+
+
 def test_item2_synthetic_ids_include_body(stack: Any, db: Any) -> None:
     """Two orders without Message-ID and with the same From, To, Subject and Date are two
     messages (not one, not a conflict)."""
