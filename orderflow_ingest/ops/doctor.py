@@ -22,6 +22,7 @@ from orderflow_ingest.ops import mx_checks
 from orderflow_ingest.ops.checks import FAIL, OK, SKIP, WARN, Check
 from orderflow_ingest.ops.probes import unix_socket_listening
 from orderflow_ingest.settings import Settings
+from orderflow_ingest.webhooks.health import check_webhooks
 
 COMMAND_TIMEOUT = 20.0
 SOCKET_TIMEOUT = 5.0
@@ -410,6 +411,7 @@ def run_checks(settings: Settings, min_free: int = DEFAULT_MIN_FREE) -> list[Che
         lambda: check_deliver_timeout(settings),
         lambda: check_disks(settings, min_free),
         lambda: check_exporter(settings),
+        lambda: check_webhooks(settings),
         lambda: check_public_face(settings),
     ]
     for step in steps:
