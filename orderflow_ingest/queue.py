@@ -11,9 +11,14 @@ from typing import Any
 from redis import Redis
 from rq import Queue, Retry
 from rq.job import Job, JobStatus
+from rq.serializers import JSONSerializer
 
 from orderflow_ingest.settings import Settings
 
+# Jobs are JSON in Redis, never pickle: whoever can write to Redis must not be able to run
+# code in a worker by planting a job. Every Queue, Worker and Job.fetch names this serializer
+# (the downstream extraction worker too: `rq worker -S rq.serializers.JSONSerializer`).
+SERIALIZER = JSONSerializer
 EXTRACT_ATTACHMENTS = "orderflow_ingest.jobs.attachments.extract_attachments"
 # An infrastructure fault inside a job is retried with backoff; content faults end FAILED.
 ATTACHMENT_RETRY = Retry(max=5, interval=[10, 30, 60, 300, 900])
@@ -35,6 +40,15 @@ def make_redis(settings: Settings) -> Redis:
     )
 
 
+def make_queue(redis: Redis, name: str) -> Queue:
+    return Queue(name, connection=redis, serializer=SERIALIZER)
+
+
+def fetch_job(redis: Redis, job_id: str) -> Job:
+    """Job.fetch with our serializer; raises NoSuchJobError like Job.fetch."""
+    return Job.fetch(job_id, connection=redis, serializer=SERIALIZER)
+
+
 def attachment_job_id(inbound_message_id: str) -> str:
     return f"extract-attachments-{inbound_message_id}"
 
@@ -46,7 +60,7 @@ def document_job_id(document_id: str) -> str:
 def job_is_live(redis: Redis, job_id: str) -> bool:
     """True when the job exists and is waiting or running (no need to enqueue it again)."""
     try:
-        job = Job.fetch(job_id, connection=redis)
+        job = fetch_job(redis, job_id)
     except Exception:  # rq raises NoSuchJobError, or a decode error on a foreign hash
         return False
     return job.get_status(refresh=False) in LIVE_STATES
@@ -74,7 +88,7 @@ def enqueue_extract_attachments(
     trace_id: str,
     check_live: bool = True,
 ) -> bool:
-    queue = Queue(settings.attachment_queue, connection=redis)
+    queue = make_queue(redis, settings.attachment_queue)
     return enqueue_unless_live(
         queue,
         EXTRACT_ATTACHMENTS,
@@ -94,7 +108,7 @@ def enqueue_extract_document(
     redis: Redis, settings: Settings, document_id: str, org_id: str, trace_id: str
 ) -> bool:
     """Hand a document to the downstream extraction pipeline (spec 009), once."""
-    queue = Queue(settings.extraction_queue, connection=redis)
+    queue = make_queue(redis, settings.extraction_queue)
     return enqueue_unless_live(
         queue,
         settings.extraction_function,

@@ -20,7 +20,7 @@ from rq.job import Job
 from samples import INGEST_DOMAIN, address, order_email
 from support_wait import wait_for
 
-from orderflow_ingest.queue import attachment_job_id
+from orderflow_ingest.queue import SERIALIZER, attachment_job_id
 
 pytestmark = pytest.mark.stack
 
@@ -91,9 +91,9 @@ def test_extraction_job_is_queued_with_a_deterministic_id(stack, db, redis_conn,
     msg = order_email()
     send_mail(stack, msg, [address("acme")])
     (row,) = stored(db, msg["Message-ID"])
-    job = Job.fetch(attachment_job_id(row["id"]), connection=redis_conn)
+    job = Job.fetch(attachment_job_id(row["id"]), connection=redis_conn, serializer=SERIALIZER)
     assert job.func_name == "orderflow_ingest.jobs.attachments.extract_attachments"
-    assert job.args == (row["id"],)
+    assert job.args == [row["id"]]  # JSON, not pickle
     assert job.kwargs.get("trace_id") == row["trace_id"]
     assert job.origin == stack.settings.attachment_queue
 

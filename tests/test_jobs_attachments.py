@@ -475,10 +475,10 @@ def test_documents_are_handed_to_extraction_once_each(
     row = messages.get_message(db, message_id)
     assert row is not None
     for document in docs(db, message_id):
-        job = Job.fetch(queue.document_job_id(document["id"]), connection=redis_conn)
+        job = queue.fetch_job(redis_conn, queue.document_job_id(document["id"]))
         assert job.origin == EXTRACTION_QUEUE
         assert job.func_name == job_settings.extraction_function
-        assert job.args == (document["id"], row["org_id"])
+        assert job.args == [document["id"], row["org_id"]]
         assert job.meta["trace_id"] == row["trace_id"]
 
 
@@ -575,7 +575,7 @@ def test_job_retry_policy_is_the_queue_modules(
 ) -> None:
     message_id = store_message(job_settings, db, s3, email_with())
     enqueue(job_settings, redis_conn, message_id, db)
-    job = Job.fetch(queue.attachment_job_id(message_id), connection=redis_conn)
+    job = queue.fetch_job(redis_conn, queue.attachment_job_id(message_id))
     assert job.func_name == "orderflow_ingest.jobs.attachments.extract_attachments"
     assert job.retries_left == queue.ATTACHMENT_RETRY.max
     Queue(ATTACHMENT_QUEUE, connection=redis_conn).remove(job)

@@ -16,7 +16,6 @@ import pytest
 from mime_builders import PNG, XLSX, sha
 from psycopg.rows import dict_row
 from redis import Redis
-from rq.job import Job
 from samples import address, minimal_pdf, order_email
 from support_wait import wait_for
 
@@ -80,9 +79,9 @@ def test_email_to_documents_through_the_deployed_worker(
         assert sha(body.read()) == document["sha256"]
     redis = Redis.from_url(settings.redis_url)
     for document in found:
-        job = Job.fetch(queue.document_job_id(document["id"]), connection=redis)
+        job = queue.fetch_job(redis, queue.document_job_id(document["id"]))
         assert job.origin == settings.extraction_queue
-        assert job.args == (document["id"], row["org_id"])
+        assert job.args == [document["id"], row["org_id"]]
     events = [
         e
         for e in worker_events(worker_stack, "attachments.parsed")

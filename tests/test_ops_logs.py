@@ -14,10 +14,9 @@ from typing import Any
 import pytest
 from conftest import send_mail
 from ops_support import cli, run_worker, wait_status
-from rq.job import Job
 from samples import address, order_email
 
-from orderflow_ingest.queue import attachment_job_id, document_job_id
+from orderflow_ingest.queue import attachment_job_id, document_job_id, fetch_job
 
 pytestmark = pytest.mark.stack
 
@@ -81,7 +80,7 @@ def test_one_grep_on_the_trace_id_follows_a_message(stack: Any, db: Any, redis_c
         assert event.get("queue_id") == queue_id, event["event"]
 
     # The RQ job got the trace_id as an argument; its events carry it and the documents.
-    job = Job.fetch(attachment_job_id(row["id"]), connection=redis_conn)
+    job = fetch_job(redis_conn, attachment_job_id(row["id"]))
     assert job.kwargs["trace_id"] == trace_id and job.meta["trace_id"] == trace_id
     worker = run_worker(stack)
     wait_status(db, msg["Message-ID"], ("PARSED",))
@@ -103,8 +102,8 @@ def test_one_grep_on_the_trace_id_follows_a_message(stack: Any, db: Any, redis_c
     assert [event["document_id"] for event in handed] == [document_id]
 
     # The downstream extraction job (spec 009) gets the trace_id in its metadata.
-    downstream = Job.fetch(document_job_id(document_id), connection=redis_conn)
-    assert downstream.args == (document_id, row["org_id"])
+    downstream = fetch_job(redis_conn, document_job_id(document_id))
+    assert downstream.args == [document_id, row["org_id"]]
     assert downstream.meta["trace_id"] == trace_id
 
     # An operator's reprocess is logged with the same identity (warnings go to stderr

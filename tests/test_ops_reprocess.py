@@ -28,7 +28,7 @@ from rq.job import Job
 from samples import address
 
 from orderflow_ingest import messages
-from orderflow_ingest.queue import attachment_job_id
+from orderflow_ingest.queue import attachment_job_id, fetch_job
 
 pytestmark = pytest.mark.stack
 MISCONFIGURED = {"ORDERFLOW_MAX_HEADER_BYTES": "2048"}
@@ -71,7 +71,7 @@ def test_reprocess_repairs_failed_messages_after_the_fix(
     assert f"{row['id']}  acme" in result.stdout
     assert "reopen: FAILED -> STORED, enqueue extraction: job enqueued" in result.stdout
     assert wait_status(db, row["source_message_id"], ("STORED",))
-    job = Job.fetch(job_id, connection=redis_conn)
+    job = fetch_job(redis_conn, job_id)
     assert job.get_status().value == "queued"
     assert job.kwargs["trace_id"] == row["trace_id"]  # one grep still follows the message
 

@@ -16,7 +16,7 @@ from samples import address, order_email
 
 from orderflow_ingest import messages
 from orderflow_ingest.ops.sweep import ATTEMPTS_KEY
-from orderflow_ingest.queue import attachment_job_id, enqueue_extract_attachments
+from orderflow_ingest.queue import attachment_job_id, enqueue_extract_attachments, fetch_job
 
 pytestmark = pytest.mark.stack
 
@@ -60,7 +60,7 @@ def test_sweep_recovers_a_stored_message_whose_job_was_lost(
     assert result.returncode == 0, result.stderr
     assert f"{row['id']}  acme" in result.stdout
     assert "reenqueued: job lost (not in RQ); re-enqueued (sweep 1)" in result.stdout
-    job = Job.fetch(job_id, connection=redis_conn)
+    job = fetch_job(redis_conn, job_id)
     assert job.get_status() == JobStatus.QUEUED
     assert job.kwargs["trace_id"] == row["trace_id"]
     assert job.origin == stack.settings.attachment_queue

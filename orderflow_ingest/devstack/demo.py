@@ -21,11 +21,9 @@ from email.utils import format_datetime, make_msgid
 from pathlib import Path
 from typing import Any
 
-from rq.job import Job
-
 from orderflow_ingest.db import connect
 from orderflow_ingest.devstack.stack import Stack, StackOptions
-from orderflow_ingest.queue import attachment_job_id, make_redis
+from orderflow_ingest.queue import attachment_job_id, fetch_job, make_redis
 from orderflow_ingest.storage import make_client
 
 DEMO_DOMAIN = "orderflow.test"
@@ -125,7 +123,7 @@ def main() -> int:
 
     heading("queued RQ job")
     redis = make_redis(settings)
-    job = Job.fetch(attachment_job_id(row["id"]), connection=redis)
+    job = fetch_job(redis, attachment_job_id(row["id"]))
     status = job.get_status()
     print(f"{job.id}: {job.func_name}{job.args}  queue={job.origin}  status={status.value}")
 
@@ -148,7 +146,7 @@ def main() -> int:
         show(document)
     heading("hand-off to the extraction pipeline")
     for document in documents:
-        extract = Job.fetch(f"extract-document-{document['id']}", connection=redis)
+        extract = fetch_job(redis, f"extract-document-{document['id']}")
         print(f"{extract.id}: {extract.func_name}{extract.args}  queue={extract.origin}")
 
     heading("the stack is still running")

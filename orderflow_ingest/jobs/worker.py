@@ -69,7 +69,7 @@ def recover_abandoned(redis: Redis, queue_name: str, hostname: str | None = None
     """
     hostname = hostname or socket.gethostname()
     registry = StartedJobRegistry(queue_name, connection=redis)
-    rq_queue = Queue(queue_name, connection=redis)
+    rq_queue = queue.make_queue(redis, queue_name)
     requeued: list[str] = []
     for entry in redis.zrange(registry.key, 0, -1):
         composite = entry.decode() if isinstance(entry, bytes) else str(entry)
@@ -137,7 +137,7 @@ def _recover_from_intermediate(
 
 def _fetch_job(redis: Redis, job_id: str) -> Job | None:
     try:
-        return Job.fetch(job_id, connection=redis)
+        return queue.fetch_job(redis, job_id)
     except Exception:
         return None
 
@@ -245,8 +245,9 @@ def run_worker(
         "maintenance_interval": MAINTENANCE_INTERVAL,
         "job_monitoring_interval": JOB_MONITORING_INTERVAL,
         "worker_ttl": WORKER_TTL,
+        "serializer": queue.SERIALIZER,  # JSON, never pickle (see queue.py)
     }
-    worker = Worker([Queue(settings.attachment_queue, connection=redis)], **worker_kwargs)
+    worker = Worker([queue.make_queue(redis, settings.attachment_queue)], **worker_kwargs)
     log_event(
         "worker.started",
         worker=worker.name,

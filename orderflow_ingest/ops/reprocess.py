@@ -19,13 +19,18 @@ from collections.abc import Callable, Iterable
 from dataclasses import asdict, dataclass
 from typing import Any
 
-from rq.job import Job, JobStatus
+from rq.job import JobStatus
 
 from orderflow_ingest import messages, metrics
 from orderflow_ingest.db import Conn
 from orderflow_ingest.logs import log_event
 from orderflow_ingest.ops import queries
-from orderflow_ingest.queue import attachment_job_id, enqueue_extract_attachments, job_is_live
+from orderflow_ingest.queue import (
+    attachment_job_id,
+    enqueue_extract_attachments,
+    fetch_job,
+    job_is_live,
+)
 from orderflow_ingest.settings import Settings
 
 # Actions, as reported per message.
@@ -229,7 +234,7 @@ def wait_for_jobs(
 
 def _job_status(redis: Any, job_id: str) -> JobStatus | None:
     try:
-        return Job.fetch(job_id, connection=redis).get_status()
+        return fetch_job(redis, job_id).get_status()
     except Exception:
         return None
 

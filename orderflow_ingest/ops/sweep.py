@@ -22,13 +22,18 @@ from dataclasses import asdict, dataclass
 from datetime import timedelta
 from typing import Any
 
-from rq.job import Job, JobStatus
+from rq.job import JobStatus
 
 from orderflow_ingest import messages, metrics
 from orderflow_ingest.db import Conn
 from orderflow_ingest.logs import log_event
 from orderflow_ingest.ops import postfix_queue, queries
-from orderflow_ingest.queue import LIVE_STATES, attachment_job_id, enqueue_extract_attachments
+from orderflow_ingest.queue import (
+    LIVE_STATES,
+    attachment_job_id,
+    enqueue_extract_attachments,
+    fetch_job,
+)
 from orderflow_ingest.settings import Settings
 
 ATTEMPTS_KEY = "orderflow:sweep:attempts:{}"
@@ -66,7 +71,7 @@ class Finding:
 def job_state(redis: Any, job_id: str) -> tuple[str, str | None]:
     """(state, last error line) of a job; state 'missing' when RQ has no such job."""
     try:
-        job = Job.fetch(job_id, connection=redis)
+        job = fetch_job(redis, job_id)
     except Exception:  # NoSuchJobError, or a hash we cannot read: treat as lost
         return "missing", None
     status = job.get_status(refresh=False)

@@ -15,14 +15,12 @@ import subprocess
 from datetime import datetime
 from typing import Any
 
-from rq.job import Job
-
 from orderflow_ingest import documents, messages
 from orderflow_ingest.db import Conn
 from orderflow_ingest.ops import postfix_queue, queries
 from orderflow_ingest.ops.terminal import safe_data
 from orderflow_ingest.ops.timeparse import human_duration
-from orderflow_ingest.queue import attachment_job_id, document_job_id
+from orderflow_ingest.queue import attachment_job_id, document_job_id, fetch_job
 from orderflow_ingest.settings import Settings
 
 DEBIAN_MAILLOG = "/var/log/mail.log"
@@ -32,7 +30,7 @@ MAX_LOG_LINES = 200
 def job_info(redis: Any, job_id: str) -> dict[str, Any]:
     """An RQ job's state; 'missing' once its result TTL has passed (or if never enqueued)."""
     try:
-        job = Job.fetch(job_id, connection=redis)
+        job = fetch_job(redis, job_id)
     except Exception:
         return {"id": job_id, "status": "missing"}
     status = job.get_status(refresh=False)
