@@ -11,6 +11,7 @@ unparseable message, an S3 outage, and a SIGKILLed work-horse and worker.
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import os
@@ -148,9 +149,17 @@ def store_message(
     """What the delivery service does before it enqueues: raw in S3, row STORED."""
     org = orgs.org_by_slug(db, slug)
     assert org is not None
+    digest = hashlib.sha256(raw).hexdigest()
+    # The dedup gate also hashes the content as sent (issue 10 item 2), where it does.
+    content = (
+        {"content_sha256": digest}
+        if "content_sha256" in {f.name for f in dataclasses.fields(messages.NewMessage)}
+        else {}
+    )
     row = messages.insert_received(
         db,
         messages.NewMessage(
+            **content,
             org_id=org["id"],
             source_message_id=make_msgid(domain="test.example"),
             message_id_synthetic=False,
@@ -158,7 +167,7 @@ def store_message(
             to_email=f"orders+{slug}@orderflow.test",
             subject="PO",
             received_at=datetime.now(UTC),
-            sha256=hashlib.sha256(raw).hexdigest(),
+            sha256=digest,
             size_bytes=len(raw),
             trace_id=f"trace-{uuid.uuid4().hex[:12]}",
             envelope_sender="buyer@customer.example",

@@ -325,3 +325,23 @@ def test_item8_parts_closed_as_written() -> None:
     assert result["error"] is None
     assert len(result["documents"]) == 1100
     assert result["over_cap"] == 0
+
+
+def test_item6_rq_job_timeout_is_not_swallowed(monkeypatch: pytest.MonkeyPatch) -> None:
+    """RQ's timeout (SIGALRM in the work-horse) used to end inside tnefparse's `except
+    Exception`, and the job went on. Now the horse only waits for the child: the timeout
+    propagates, the child is killed and reaped, and extraction does not record it as content."""
+    from rq.timeouts import JobTimeoutException, UnixSignalDeathPenalty
+
+    from orderflow_ingest.jobs import tnefcheck
+
+    monkeypatch.setattr(tnefcheck, "check", lambda blob: tnefcheck.Cost())
+    before = resource.getrusage(resource.RUSAGE_CHILDREN)
+    with (
+        pytest.raises(JobTimeoutException),
+        UnixSignalDeathPenalty(1, JobTimeoutException, job_id="item6"),
+    ):
+        inspect_bytes(winmail(hostile_tnef()))
+    after = resource.getrusage(resource.RUSAGE_CHILDREN)
+    assert _zombie_children() == []
+    assert (after.ru_utime + after.ru_stime) - (before.ru_utime + before.ru_stime) < 10

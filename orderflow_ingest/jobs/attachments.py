@@ -6,6 +6,9 @@ never overlap; S3 keys and document rows are keyed by (message, part path), so a
 rather than adds; a message already PARSED or FAILED is left alone. Faults split three ways:
 
 - a part that is corrupt is recorded (document FAILED, with its reason) and the rest go on;
+- a part whose row the database refuses (a DataError: text it cannot hold) is a content
+  failure of that part: recorded in inbound_message_part as `failed`, its object never written,
+  the other parts still become documents;
 - a message that cannot be walked at all ends FAILED with error_json (its raw stays in S3);
 - an infrastructure fault (S3, PostgreSQL, Redis, spool disk) raises, and RQ retries it with
   the backoff the job was enqueued with (queue.ATTACHMENT_RETRY).
@@ -19,13 +22,20 @@ import time
 from dataclasses import dataclass
 from typing import Any
 
+import psycopg
 from rq import get_current_job
 from rq.job import Job
 
 from orderflow_ingest import db, documents, messages, metrics, queue, storage
+from orderflow_ingest.jobs import safetext
 from orderflow_ingest.jobs.context import JobContext, get_context
 from orderflow_ingest.jobs.extract import Document, Extraction, extract_message
 from orderflow_ingest.logs import log_event
+
+# A row the database refuses for what it holds: the part's content, not our infrastructure.
+CONTENT_ERRORS = (psycopg.DataError, UnicodeError)
+# Documents listed one by one in the `attachments.parsed` log line; the rest are counted.
+LOGGED_DOCUMENTS = 50
 
 
 class NotStoredYet(Exception):
@@ -97,6 +107,7 @@ def run(context: JobContext, inbound_message_id: str, trace_id: str | None) -> O
                     spool_dir=_spool_dir(settings.spool_dir),
                     max_depth=settings.max_mime_depth,
                     max_header_bytes=settings.max_header_bytes,
+                    max_documents=settings.max_documents_per_message,
                 )
             finally:
                 body.close()
@@ -131,48 +142,42 @@ def _store(
     extraction: Extraction,
     fields: dict[str, Any],
 ) -> Outcome:
-    """Documents to S3, rows and status in one transaction (the row lock is still held)."""
+    """Rows, objects and status in one transaction (the row lock is still held).
+
+    Each document's row is written first, in a savepoint, and its object only once the row is
+    accepted: a part the database refuses never leaves an object behind. Keys are
+    deterministic, so a run that fails later (an S3 or database outage rolls every row back)
+    leaves only objects that the retry overwrites with the same bytes.
+    """
     message_id = row["id"]
     org_id = row["org_id"]
     if extraction.error is not None:
         error: dict[str, Any] = dict(extraction.error)
         error["defects"] = extraction.defects[:50]
-        messages.mark_failed(conn, message_id, error)
+        messages.mark_failed(conn, message_id, safetext.clean_json(error))
         conn.commit()
         log_event(
             "attachments.failed",
             logging.ERROR,
-            error=error["error"],
-            detail=error.get("detail"),
+            error=safetext.clean(str(error["error"])),
+            detail=safetext.clean_optional(error.get("detail")),
             **fields,
         )
         metrics.count("smtp_processing_errors_total", org_id=org_id, error_type="unparseable")
         return Outcome("failed", [])
-    keys = [
-        storage.document_key(org_id, message_id, document.part, document.filename)
-        for document in extraction.documents
-    ]
-    for document, key in zip(extraction.documents, keys, strict=True):
+    stored: list[str] = []
+    ids: list[str] = []
+    rejected = 0
+    for document in extraction.documents:
+        key = storage.document_key(org_id, message_id, document.part, document.filename)
+        saved = _save_row(conn, org_id, message_id, document, key, fields)
+        if saved is None:
+            rejected += 1
+            continue
         with metrics.timed("orderflow_s3_put_seconds"):
             storage.put_file(
                 context.s3, context.settings.s3_bucket, key, document.spool_path, document.mime_type
             )
-    stored: list[str] = []
-    ids: list[str] = []
-    for document, key in zip(extraction.documents, keys, strict=True):
-        saved = documents.upsert_document(
-            conn,
-            org_id=org_id,
-            inbound_message_id=message_id,
-            part_path=document.part,
-            file_name=document.filename,
-            mime_type=document.mime_type,
-            size_bytes=document.size_bytes,
-            sha256=document.sha256,
-            storage_key=key,
-            status=document.status,
-            decision=_decision(document),
-        )
         ids.append(saved["id"])
         if document.status == "STORED":
             stored.append(saved["id"])
@@ -182,28 +187,101 @@ def _store(
                 logging.WARNING,
                 document_id=saved["id"],
                 part=document.part,
-                reason=document.reason,
+                reason=safetext.clean(document.reason),
                 **fields,
             )
     for skipped in extraction.skipped:
         documents.record_part(
-            conn, message_id, skipped.part, skipped.content_type, skipped.decision, skipped.reason
+            conn,
+            message_id,
+            skipped.part,
+            safetext.clean(skipped.content_type),
+            skipped.decision,
+            safetext.clean(skipped.reason),
         )
     messages.mark_parsed(conn, message_id)
     conn.commit()
-    level = logging.INFO if extraction.documents else logging.WARNING
+    level = logging.INFO if ids else logging.WARNING
     log_event(
-        "attachments.parsed" if extraction.documents else "attachments.no_documents",
+        "attachments.parsed" if ids else "attachments.no_documents",
         level,
         document_ids=ids,
-        documents=[_summary(document) for document in extraction.documents],
+        documents=[_summary(document) for document in extraction.documents[:LOGGED_DOCUMENTS]],
         skipped=len(extraction.skipped),
+        over_cap=extraction.over_cap,
+        rejected=rejected,
         defects=len(extraction.defects),
         size_bytes=extraction.size_bytes,
         **fields,
     )
+    if extraction.over_cap:
+        log_event(
+            "attachments.document_cap",
+            logging.WARNING,
+            cap=context.settings.max_documents_per_message,
+            over_cap=extraction.over_cap,
+            **fields,
+        )
     metrics.count("orderflow_documents_extracted_total", len(ids))
-    return Outcome("parsed", stored, skipped=len(extraction.skipped))
+    return Outcome("parsed", stored, skipped=len(extraction.skipped) + rejected)
+
+
+def _save_row(
+    conn: Any,
+    org_id: str,
+    message_id: str,
+    document: Document,
+    key: str,
+    fields: dict[str, Any],
+) -> dict[str, Any] | None:
+    """The document's row, in a savepoint; None when the database refuses what it holds.
+
+    A refusal is recorded against the part (decision `failed`, with the reason) so that
+    `show`/`trace` say why the part is missing; the raw message still holds it.
+    """
+    try:
+        with conn.transaction():
+            saved: dict[str, Any] = documents.upsert_document(
+                conn,
+                org_id=org_id,
+                inbound_message_id=message_id,
+                part_path=document.part,
+                file_name=document.filename,
+                mime_type=document.mime_type,
+                size_bytes=document.size_bytes,
+                sha256=document.sha256,
+                storage_key=key,
+                status=document.status,
+                decision=safetext.clean_json(_decision(document)),
+            )
+            return saved
+    except CONTENT_ERRORS as error:
+        reason = (
+            f"document refused by the database ({type(error).__name__}): not stored;"
+            " the raw message keeps it"
+        )
+        with conn.transaction():
+            documents.record_part(
+                conn,
+                message_id,
+                document.part,
+                safetext.clean(document.declared_type),
+                "failed",
+                reason,
+            )
+        log_event(
+            "attachments.part_refused",
+            logging.WARNING,
+            part=document.part,
+            error_type=type(error).__name__,
+            **fields,
+        )
+        metrics.count(
+            "smtp_processing_errors_total",
+            org_id=org_id,
+            error_type=f"part_{type(error).__name__}",
+        )
+        return None
 
 
 def _spool_dir(configured: str) -> str | None:
@@ -226,7 +304,7 @@ def _decision(document: Document) -> dict[str, Any]:
 def _summary(document: Document) -> dict[str, Any]:
     return {
         "part": document.part,
-        "filename": document.filename,
+        "filename": safetext.clean(document.filename),
         "mime_type": document.mime_type,
         "size_bytes": document.size_bytes,
         "status": document.status,

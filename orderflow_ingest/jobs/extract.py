@@ -17,8 +17,6 @@ import tempfile
 from dataclasses import asdict, dataclass, field
 from typing import Any, BinaryIO
 
-from rq.timeouts import JobTimeoutException
-
 from orderflow_ingest.jobs import filenames, mimetypes, safetext, sandbox, tnef
 from orderflow_ingest.jobs.classify import (
     Decision,
@@ -366,17 +364,23 @@ def extract_message(
         walker.walk()
     except UnparseableMessage as problem:
         error = {"error": "unparseable", "detail": str(problem)}
-    except (SourceError, OSError, MemoryError, JobTimeoutException):
-        spool.cleanup()  # RQ's timeout is no content problem: the job fails and is retried
+    except (SourceError, OSError, MemoryError):
+        spool.cleanup()
         raise
     except Exception as problem:  # a bug met on strange content: record it, never crash
+        if _is_job_timeout(problem):
+            spool.cleanup()  # RQ's timeout is no content problem: the job fails and is retried
+            raise
         error = {"error": "walker_failed", "detail": f"{type(problem).__name__}: {problem}"[:300]}
     try:
         extractor.finish()
-    except (OSError, MemoryError, JobTimeoutException):
+    except (OSError, MemoryError):
         spool.cleanup()
         raise
     except Exception as problem:
+        if _is_job_timeout(problem):
+            spool.cleanup()
+            raise
         error = error or {"error": "walker_failed", "detail": f"{type(problem).__name__}"}
     for path, defect in walker.defects:
         extractor.defects.append({"part": path, "defect": defect})
@@ -388,4 +392,13 @@ def extract_message(
         size_bytes=walker.bytes_read,
         _spool=spool,
         over_cap=extractor.over_cap,
+    )
+
+
+def _is_job_timeout(error: Exception) -> bool:
+    """RQ's job timeout (raised by its SIGALRM handler), recognised without importing rq:
+    `inspect` loads no backend client."""
+    return any(
+        cls.__module__.startswith("rq.") and cls.__name__.endswith("TimeoutException")
+        for cls in type(error).__mro__
     )
