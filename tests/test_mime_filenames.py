@@ -126,3 +126,69 @@ def test_sanitised_names_never_contain_separators_or_dotdot() -> None:
 def test_fallback_name_from_part_path_and_type() -> None:
     assert fallback_name("1.2", "application/pdf") == "part-1.2.pdf"
     assert fallback_name("1.3.1", "application/x-unknown") == "part-1.3.1.bin"
+
+
+# --- issue 10 item 4: names that used to fail every document of their message ----------------
+
+HOSTILE_DISPOSITIONS = {
+    "nul_rfc2231": "attachment; filename*=utf-8''Auftrag%00Nr.pdf",
+    "surrogate_rfc2047": 'attachment; filename="=?utf-7?q?+2AA-Auftrag.pdf?="',
+    "rot13_charset": "attachment; filename*=rot13''Nhsgent.pdf",
+    "hex_charset": "attachment; filename*=hex''Auftrag.pdf",
+    "unicode_escape_rfc2231": "attachment; filename*=unicode_escape''%5Cud800Auftrag.pdf",
+    "unicode_escape_rfc2047": 'attachment; filename="=?unicode_escape?q?=5Cx00Auftrag.pdf?="',
+    "continuation_digits": "attachment; filename*" + "7" * 5000 + "=Auftrag.pdf",
+    "non_ascii_in_q_word": 'attachment; filename="=?utf-8?q?Gr\u00f6\u00dfe.pdf?="',
+}
+
+
+def _storable(text: str) -> bool:
+    return "\x00" not in text and not any("\ud800" <= ch <= "\udfff" for ch in text)
+
+
+@pytest.mark.parametrize("header", HOSTILE_DISPOSITIONS.values(), ids=HOSTILE_DISPOSITIONS.keys())
+def test_item4_hostile_names_parse_without_raising(header: str) -> None:
+    _token, params, _defects = parse_header_params(header)
+    name = params.get("filename")
+    safe = sanitise(name)
+    assert safe is None or (_storable(safe) and "/" not in safe)
+
+
+def test_item4_bad_filename_does_not_fail_other_documents() -> None:
+    """Every hostile name in one message, then a good PDF: all six become documents, no name
+    holds NUL or a lone surrogate, and nothing is recorded as a walker failure."""
+    from mime_builders import HEAD, PDF, b64, inspect_bytes, message
+
+    lines = [*HEAD, "MIME-Version: 1.0", 'Content-Type: multipart/mixed; boundary="b"', ""]
+    for disposition in [*HOSTILE_DISPOSITIONS.values(), 'attachment; filename="good.pdf"']:
+        lines += [
+            "--b",
+            "Content-Type: application/pdf",
+            f"Content-Disposition: {disposition}",
+            "Content-Transfer-Encoding: base64",
+            "",
+            b64(PDF),
+        ]
+    lines.append("--b--")
+    result = inspect_bytes(message(*lines))
+    assert result["error"] is None
+    found = result["documents"]
+    assert len(found) == len(HOSTILE_DISPOSITIONS) + 1
+    assert found[-1]["filename"] == "good.pdf"
+    for document in found:
+        assert _storable(document["filename"]), document
+        assert _storable(document["original_filename"] or ""), document
+    names = {d["part"]: d["filename"] for d in found}
+    assert names["1.3"] == "Nhsgent.pdf"  # rot13 is no charset: the bytes are read as UTF-8
+    assert names["1.7"] == "part-1.7.pdf"  # an index of 5,000 digits names no segment
+    assert names["1.8"] == "Größe.pdf"
+
+
+def test_item4_non_text_and_escape_codecs_are_not_charsets() -> None:
+    from orderflow_ingest.jobs.filenames import decode_bytes, lookup_charset
+
+    for label in ("rot13", "hex", "base64", "zlib", "unicode_escape", "raw_unicode_escape"):
+        assert lookup_charset(label) is None, label
+    assert lookup_charset("utf-8") == "utf-8"
+    assert lookup_charset("ISO-8859-1") == "iso8859-1"
+    assert decode_bytes(b"Gr\xc3\xb6\xc3\x9fe", "rot13") == ("Größe", True)
