@@ -132,6 +132,35 @@ def grant_runtime_rights(conn: Conn, settings: Settings) -> None:
         conn.execute(grants_sql(role))
 
 
+def runtime_rights_problems(conn: Conn) -> list[str]:
+    """What the connected role may do that a service's role must not (empty: least privilege).
+
+    `doctor` runs it as the runtime role: a host whose ORDERFLOW_DATABASE_URL names the schema
+    owner or a superuser has no database-enforced limits at all.
+    """
+    row = conn.execute(
+        """
+        SELECT r.rolsuper AS superuser,
+          coalesce(has_table_privilege(to_regclass('public.schema_migration'), 'INSERT'), false)
+            AS writes_migrations,
+          coalesce(pg_has_role((SELECT c.relowner FROM pg_catalog.pg_class c
+                                WHERE c.oid = to_regclass('public.inbound_message')), 'USAGE'),
+                   false) AS owns_schema
+        FROM pg_catalog.pg_roles r WHERE r.rolname = current_user
+        """
+    ).fetchone()
+    if row is None:
+        return []
+    problems = []
+    if row["superuser"]:
+        problems.append("is a superuser")
+    if row["owns_schema"]:
+        problems.append("owns the schema")
+    if row["writes_migrations"]:
+        problems.append("may write schema_migration")
+    return problems
+
+
 def schema_is_current(conn: Conn) -> bool:
     try:
         return not pending_migrations(conn)

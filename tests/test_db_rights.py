@@ -270,3 +270,22 @@ def test_item11_grants_quote_the_role_name(owner: Any) -> None:
     text = dbmod.grants_sql('app"; DROP TABLE org; --').as_string(owner)
     assert '"app""; DROP TABLE org; --"' in text
     assert "{runtime}" not in text.split("\n-- Migrations bookkeeping", 1)[1]
+
+
+def test_item11_doctor_flags_services_connected_as_the_schema_owner(
+    runtime: Any, owner: Any
+) -> None:
+    assert dbmod.runtime_rights_problems(runtime) == []
+    assert dbmod.runtime_rights_problems(owner) == ["owns the schema", "may write schema_migration"]
+
+
+def test_item11_doctor_checks_the_database_rights(stack: Any, settings: Any) -> None:
+    from ops_support import cli_json
+
+    _, checks = cli_json(stack, "doctor")
+    (rights,) = [check for check in checks if check["name"] == "database rights"]
+    assert rights["status"] == "ok", rights
+    _, checks = cli_json(stack, "doctor", env={"ORDERFLOW_DATABASE_URL": settings.migrate_url})
+    (rights,) = [check for check in checks if check["name"] == "database rights"]
+    assert rights["status"] == "fail" and "owns the schema" in rights["detail"], rights
+    assert settings.migrate_url not in str(checks)  # no secret in the report

@@ -64,12 +64,13 @@ def _last_line(text: str) -> str:
 
 
 def check_database(settings: Settings) -> list[Check]:
-    from orderflow_ingest.db import connect, schema_is_current
+    from orderflow_ingest.db import connect, runtime_rights_problems, schema_is_current
 
     try:
         with connect(settings.database_url, timeout=SOCKET_TIMEOUT) as conn:
             row = conn.execute("SELECT current_setting('server_version') AS v").fetchone()
             current = schema_is_current(conn)
+            problems = runtime_rights_problems(conn)
     except Exception as error:
         detail = f"unreachable: {_error(error)}"
         return [Check("postgresql", FAIL, detail), Check("migrations", SKIP, "no database")]
@@ -79,7 +80,17 @@ def check_database(settings: Settings) -> list[Check]:
         if current
         else Check("migrations", FAIL, "pending migrations: run `orderflow-ingest db migrate`")
     )
-    return [Check("postgresql", OK, f"PostgreSQL {version}"), migrations]
+    rights = (
+        Check(
+            "database rights",
+            FAIL,
+            "the role of ORDERFLOW_DATABASE_URL " + ", ".join(problems) + ": services must use"
+            " the runtime role with only sql/grants.sql's rights (docs/database-rights.md)",
+        )
+        if problems
+        else Check("database rights", OK, "runtime role: row rights only, no schema")
+    )
+    return [Check("postgresql", OK, f"PostgreSQL {version}"), migrations, rights]
 
 
 def check_redis(settings: Settings) -> list[Check]:
