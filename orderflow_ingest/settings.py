@@ -403,11 +403,6 @@ SETTINGS: tuple[Setting, ...] = (
         "Where the Prometheus exporter listens; loopback only.",
     ),
     Setting(
-        "ORDERFLOW_POSTFIX_CONFIG_DIR",
-        _text,
-        "/etc/postfix",
-        "Postfix instance whose queue the CLI and exporter report on.",
-    Setting(
         "ORDERFLOW_METRICS_HOST",
         _text,
         "",
@@ -415,6 +410,11 @@ SETTINGS: tuple[Setting, ...] = (
         " exporter exports its own host's counts and sums across hosts stay true); empty means"
         " the system host name.",
     ),
+    Setting(
+        "ORDERFLOW_POSTFIX_CONFIG_DIR",
+        _text,
+        "/etc/postfix",
+        "Postfix instance whose queue the CLI and exporter report on.",
     ),
     Setting(
         "ORDERFLOW_LOG_LEVEL",
