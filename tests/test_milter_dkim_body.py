@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import hashlib
+import re
+import time
 
 import dkim
 import pytest
@@ -77,7 +79,7 @@ def test_memory_does_not_grow_with_a_line_that_never_ends() -> None:
     hasher = BodyHasher(BodyHashKey(False, "sha256", None))
     for _ in range(200):
         hasher.update(b"x" * 65536)
-    assert len(hasher._partial) <= 65536 + 1
+    assert hasher.kept_bytes <= 65536 + 1
 
 
 def test_key_for_signature_tags() -> None:
@@ -164,3 +166,90 @@ def test_cached_key_parsing_agrees_with_dkimpy() -> None:
     for bad in (b"", b"v=DKIM1; k=rsa; p=", b"v=DKIM1; p=bm90IGEga2V5"):
         with _pytest.raises(dkim.KeyFormatError):
             dkim.evaluate_pk(b"c._domainkey.x.test.", bad)
+
+
+# Item 7 (issue 10): bodies an attacker shapes so that a hasher keeps, and rescans, more and
+# more of them. Each is fed in libmilter's largest chunks, as Postfix sends a body.
+ADVERSARIAL = {
+    "spaces": b" \t  \t \t\t   ",  # white space, no line end ever
+    "cr_ws": b" \r",  # a CR inside white space looked like trailing white space
+    "tab_cr": b"\t\t\r\r ",
+    "runs": b" " * 20000 + b"x \r\n",  # long runs inside lines that do end
+    "ws_lines": b" \t \r\n",
+}
+CHUNK = 65535
+
+
+class CountingRegex:
+    """Stands in for a compiled regex and counts the bytes handed to it."""
+
+    def __init__(self, pattern: re.Pattern[bytes], counter: list[int]):
+        self._pattern = pattern
+        self._counter = counter
+
+    def sub(self, repl: bytes, data: bytes) -> bytes:
+        self._counter[0] += len(data)
+        return self._pattern.sub(repl, data)
+
+
+def _feed(unit: bytes, size: int, relaxed: bool) -> int:
+    """The largest partial line kept between chunks while hashing `size` bytes of `unit`."""
+    data = (unit * (size // len(unit) + 1))[:size]
+    hasher = BodyHasher(BodyHashKey(relaxed, "sha256", None))
+    largest = 0
+    for start in range(0, len(data), CHUNK):
+        hasher.update(data[start : start + CHUNK])
+        largest = max(largest, hasher.kept_bytes)
+    hasher.digest()
+    return largest
+
+
+@pytest.mark.parametrize("shape", sorted(ADVERSARIAL))
+@pytest.mark.parametrize("relaxed", [True, False])
+def test_item7_relaxed_body_hash_linear_in_whitespace_runs(
+    shape: str, relaxed: bool, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The work per chunk is bounded by a constant, so the total is linear in the body.
+
+    Two counts stand for the work, not a clock: the unfinished line kept between chunks
+    (each chunk is joined to it and scanned with it: on main a white-space body was kept
+    whole, 8 MiB rescanned 128 times) must stay under the flush threshold plus one chunk at
+    any size; and the bytes handed to the canonicalization regexes must grow in proportion
+    to the body.
+    """
+    counter = [0]
+    monkeypatch.setattr(dkim_body, "_WSP_RUN", CountingRegex(dkim_body._WSP_RUN, counter))
+    bound = dkim_body._FLUSH_AT + CHUNK
+    figures = {}
+    for size in (1 << 20, 4 << 20):
+        counter[0] = 0
+        largest = _feed(ADVERSARIAL[shape], size, relaxed)
+        figures[size] = counter[0]
+        assert largest <= bound, f"{shape}: kept {largest} bytes of one unfinished line"
+        assert counter[0] <= 2 * size + bound, f"{shape}: {counter[0]} bytes through regexes"
+    assert figures[4 << 20] <= 4 * figures[1 << 20] + 2 * bound
+
+
+def test_item7_long_runs_inside_lines_cost_no_backtracking() -> None:
+    """A regex such as `[\t ]+\n` rescans a run from each of its bytes when no line end
+    follows it (dkimpy's own cost: 45 s per MiB of 20 000-space runs; main's `_relax` had it).
+    Compressing runs first needs no backtracking: 1 MiB costs about 5 ms of CPU here. The
+    bound is CPU time with a margin of hundreds: on main 256 KiB alone take 12 s."""
+    started = time.process_time()
+    _feed(ADVERSARIAL["runs"], 1 << 20, relaxed=True)
+    assert time.process_time() - started < 3.0
+
+
+@pytest.mark.parametrize("shape", sorted(ADVERSARIAL))
+@pytest.mark.parametrize("relaxed", [True, False])
+def test_item7_adversarial_bodies_hash_as_dkimpy_does(shape: str, relaxed: bool) -> None:
+    """The bounded state changes nothing: small threshold, same hash as dkimpy's."""
+    unit = ADVERSARIAL[shape][:200] + ADVERSARIAL[shape][-5:]
+    body = unit * 7 + b"tail \t "
+    saved = dkim_body._FLUSH_AT
+    dkim_body._FLUSH_AT = 5
+    try:
+        for cuts in ([], [3, 9, 10, 50], list(range(0, len(body), 7))):
+            assert streamed(body, relaxed, None, cuts) == reference(body, relaxed, None)
+    finally:
+        dkim_body._FLUSH_AT = saved

@@ -3,11 +3,14 @@
 dkimpy verifies a message given as one bytes object. A milter that buffered every body to
 hand it over would hold (message size x connections) in memory, or spool each body to disk
 just to read it back. Instead the body canonicalization of RFC 6376 3.4.3/3.4.4 runs here,
-line by line, on each chunk libmilter passes to `body()`, feeding one hash per distinct
-(canonicalization, algorithm, l=) of the message's signatures. Memory is bounded by the
-longest line we are still waiting to complete plus the run of trailing empty lines (a count,
-not the bytes). `dkim_check` then asks dkimpy to verify only the header signature and
-compares the body hash itself.
+line by line, on each chunk libmilter passes to `body()`: one canonicalization per distinct
+c= body canonicalization, feeding one hash per distinct (canonicalization, algorithm, l=) of
+the message's signatures. Memory and work per chunk are bounded by a constant (64 KiB of
+unfinished line, two bytes of a pending white space run, a count of trailing empty lines),
+so the cost is linear in the body whatever its shape (issue 10, item 7: a body of nothing
+but white space used to be kept and rescanned whole at every chunk, quadratic).
+`dkim_check` then asks dkimpy to verify only the header signature and compares the body
+hash itself.
 
 Line endings are normalised the way dkimpy's own parser does (split on LF, drop a CR before
 it, join with CRLF), so a body gives the same hash here as in `dkim.verify`; a property test
@@ -23,7 +26,6 @@ from dataclasses import dataclass
 # Runs of white space that relaxed canonicalization changes: a lone space is already canonical,
 # so it is not matched (a 10 KB body has a thousand of them).
 _WSP_RUN = re.compile(rb"\t[\t ]*| [\t ]+")
-_WSP_BEFORE_LF = re.compile(rb"[\t ]+\n")
 # A line that has not ended yet is kept only up to this length for canonicalization; beyond
 # it, the part that can no longer change (everything but its trailing whitespace) is hashed.
 _FLUSH_AT = 64 * 1024
@@ -43,36 +45,69 @@ class BodyHashKey:
 
 def _relax(block: bytes) -> bytes:
     """Relaxed body canonicalization of whole lines: no white space before a line end, every
-    other run of it one space. Most text has neither tabs nor double spaces nor trailing
-    blanks; those blocks skip the regexes (a scan for a byte pair is far cheaper)."""
-    if b" \n" in block or b"\t\n" in block:
-        block = _WSP_BEFORE_LF.sub(b"\n", block)
+    other run of it one space. Runs are compressed first, so the space left before a line end
+    is a single byte and a plain replace removes it (a regex such as `[\t ]+\n` rescans a long
+    run from each of its bytes: quadratic, dkimpy's own cost). Most text has neither tabs nor
+    double spaces nor trailing blanks; those blocks skip the regex (a scan for a byte pair is
+    far cheaper)."""
     if b"\t" in block or b"  " in block:
         block = _WSP_RUN.sub(b" ", block)
+    if b" \n" in block:
+        block = block.replace(b" \n", b"\n")
     return block
 
 
-class BodyHasher:
-    """One canonicalized, possibly length-limited, body hash fed chunk by chunk."""
+class _Sink:
+    """One hash of the canonical body, cut at its signature's l= (None: the whole body)."""
+
+    __slots__ = ("hash", "hashed", "limit")
 
     def __init__(self, key: BodyHashKey):
-        self.key = key
-        self._hash = hashlib.new(key.algorithm)
-        self._hashed = 0
-        self._partial = b""  # bytes of the current, unfinished line (after any CR strip)
-        self._partial_started = False  # a relaxed partial line may have been hashed in part
-        self._empty_lines = 0  # empty lines seen but not yet known to be non-trailing
-        self._any_line = False  # something other than trailing empty lines was hashed
+        self.hash = hashlib.new(key.algorithm)
+        self.limit = key.length
+        self.hashed = 0
 
-    def _emit(self, data: bytes) -> None:
-        limit = self.key.length
-        if limit is not None:
-            room = limit - self._hashed
+    def room(self) -> int | None:
+        return None if self.limit is None else self.limit - self.hashed
+
+    def write(self, data: bytes) -> None:
+        room = self.room()
+        if room is not None:
             if room <= 0:
                 return
             data = data[:room]
-        self._hash.update(data)
-        self._hashed += len(data)
+        self.hash.update(data)
+        self.hashed += len(data)
+
+
+class Canonicalizer:
+    """One body canonicalization (simple or relaxed) fed chunk by chunk, feeding its hashes.
+
+    Every signature with the same c= shares it: the canonical bytes are computed once and
+    each signature's hash takes its l= prefix of them. Work is linear in the body: each byte
+    is scanned a bounded number of times, and the unfinished line kept between chunks is
+    bounded (see `_flush_partial_prefix`) however long a line, or a run of white space, is.
+    """
+
+    def __init__(self, relaxed: bool):
+        self.relaxed = relaxed
+        self._sinks: list[_Sink] = []
+        self._partial = bytearray()  # bytes of the current, unfinished line
+        self._partial_started = False  # the current line may have been hashed in part
+        self._empty_lines = 0  # empty lines seen but not yet known to be non-trailing
+        self._any_line = False  # something other than trailing empty lines was hashed
+        self._finished = False
+        self.canonical_length = 0  # bytes of canonical body emitted (before any l= cut)
+
+    def add(self, key: BodyHashKey) -> _Sink:
+        sink = _Sink(key)
+        self._sinks.append(sink)
+        return sink
+
+    def _emit(self, data: bytes) -> None:
+        self.canonical_length += len(data)
+        for sink in self._sinks:
+            sink.write(data)
 
     def _flush_empty_lines(self) -> None:
         if self._empty_lines:
@@ -84,21 +119,24 @@ class BodyHasher:
 
         Whole runs of lines are canonicalized with a few regex passes over the block rather
         than line by line: at a few hundred lines per message this is the milter's hot path.
+        Only `chunk` is searched for a line end; the kept partial line has none.
         """
-        data = self._partial + chunk
-        end = data.rfind(b"\n") + 1
+        if self._finished:
+            raise ValueError("body hash already finished")
+        end = chunk.rfind(b"\n") + 1
         if end == 0:
-            self._partial = data
+            self._partial += chunk
         else:
-            self._partial = data[end:]
-            self._lines(data[:end])
+            block = bytes(self._partial) + chunk[:end] if self._partial else chunk[:end]
+            self._partial = bytearray(chunk[end:])
+            self._lines(block)
         if len(self._partial) > _FLUSH_AT:
             self._flush_partial_prefix()
 
     def _lines(self, block: bytes) -> None:
         """Complete lines, each ending in LF (optionally CRLF)."""
         block = block.replace(b"\r\n", b"\n")  # dkimpy's parser: split on CR?LF
-        if self.key.relaxed:
+        if self.relaxed:
             block = _relax(block)
         content = block.rstrip(b"\n")
         trailing = len(block) - len(content)  # line ends after the last non-empty line
@@ -115,71 +153,111 @@ class BodyHasher:
     def _flush_partial_prefix(self) -> None:
         """Hash the settled front of an overlong unfinished line, keep only its tail.
 
-        A trailing CR or whitespace run may still be removed or compressed once the line
-        ends, so those stay; everything before them is final under both canonicalizations.
+        What the line's end may still change is its last CR (the CR of a CRLF split between
+        chunks) and, under relaxed, the white space run just before it (removed at a line
+        end, one space otherwise). Everything before is final. A relaxed run is kept as one
+        space, which canonicalizes exactly as the whole run would: so the kept tail is at most
+        two bytes, however long the run (a body of nothing but spaces stays bounded).
         """
-        partial = self._partial
-        if self.key.relaxed:
-            cut = len(partial.rstrip(b" \t\r"))
-            # Never split inside a whitespace run: compression depends on the whole run.
-            while cut > 0 and partial[cut - 1 : cut] in (b" ", b"\t"):
-                cut -= 1
+        partial = bytes(self._partial)
+        stop = len(partial) - 1 if partial.endswith(b"\r") else len(partial)
+        if self.relaxed:
+            cut = len(partial[:stop].rstrip(b" \t"))  # the run ends at `stop`, starts at `cut`
             head = _WSP_RUN.sub(b" ", partial[:cut])
+            tail = (b" " if cut < stop else b"") + partial[stop:]
         else:
-            cut = len(partial) - 1 if partial.endswith(b"\r") else len(partial)
+            cut = stop
             head = partial[:cut]
+            tail = partial[cut:]
+        self._partial = bytearray(tail)
         if not head:
             return
         self._flush_empty_lines()
         self._emit(head)
         self._any_line = True
         self._partial_started = True
-        self._partial = partial[cut:]
 
-    def digest(self) -> bytes:
-        """Finish: the body's last line (if unterminated), trailing empty lines dropped."""
-        tail = self._partial
-        self._partial = b""
-        if self.key.relaxed:
+    def finish(self) -> None:
+        """The body's last line (if unterminated), trailing empty lines dropped. Idempotent."""
+        if self._finished:
+            return
+        self._finished = True
+        tail = bytes(self._partial)
+        self._partial = bytearray()
+        if self.relaxed:
             tail = _WSP_RUN.sub(b" ", tail)
         if tail or self._partial_started:
             self._flush_empty_lines()
             self._emit(tail + b"\r\n")
             self._any_line = True
-        if not self._any_line and not self.key.relaxed:
+        if not self._any_line and not self.relaxed:
             # simple: an empty body is canonically a single CRLF (RFC 6376 3.4.3)
             self._emit(b"\r\n")
-        return self._hash.digest()
+
+
+class BodyHasher:
+    """One canonicalized, possibly length-limited, body hash fed chunk by chunk."""
+
+    def __init__(self, key: BodyHashKey):
+        self.key = key
+        self._canon = Canonicalizer(key.relaxed)
+        self._sink = self._canon.add(key)
+
+    @property
+    def kept_bytes(self) -> int:
+        """Bytes of the unfinished line held between chunks (bounded; see Canonicalizer)."""
+        return len(self._canon._partial)
+
+    def update(self, chunk: bytes) -> None:
+        self._canon.update(chunk)
+
+    def digest(self) -> bytes:
+        self._canon.finish()
+        return self._sink.hash.digest()
 
 
 class BodyHashes:
-    """The hashes one message's signatures need, fed from the milter's body callback."""
+    """The hashes one message's signatures need, fed from the milter's body callback.
+
+    One Canonicalizer per body canonicalization (at most two), shared by every signature
+    that uses it: eight signatures cost two canonicalizations and eight hash updates.
+    """
 
     MAX_HASHERS = 8  # distinct (c=, a=, l=) combinations; more is abuse, not mail
 
     def __init__(self) -> None:
-        self._hashers: dict[BodyHashKey, BodyHasher] = {}
-        self._digests: dict[BodyHashKey, bytes] = {}
+        self._canons: dict[bool, Canonicalizer] = {}
+        self._sinks: dict[BodyHashKey, _Sink] = {}
 
     def want(self, key: BodyHashKey) -> bool:
-        if key in self._hashers:
+        if key in self._sinks:
             return True
-        if len(self._hashers) >= self.MAX_HASHERS:
+        if len(self._sinks) >= self.MAX_HASHERS:
             return False
-        self._hashers[key] = BodyHasher(key)
+        canon = self._canons.get(key.relaxed)
+        if canon is None:
+            canon = self._canons[key.relaxed] = Canonicalizer(key.relaxed)
+        self._sinks[key] = canon.add(key)
         return True
 
     def update(self, chunk: bytes) -> None:
-        for hasher in self._hashers.values():
-            hasher.update(chunk)
+        for canon in self._canons.values():
+            canon.update(chunk)
 
     def digest(self, key: BodyHashKey) -> bytes | None:
-        if key not in self._digests:
-            hasher = self._hashers.get(key)
-            if hasher is None:
-                return None
-            self._digests[key] = hasher.digest()
-        return self._digests[key]
+        sink = self._sinks.get(key)
+        if sink is None:
+            return None
+        self._canons[key.relaxed].finish()
+        return sink.hash.digest()
+
+    def canonical_length(self, relaxed: bool) -> int | None:
+        """Length of the whole canonical body (after `digest`), for comparing with l=."""
+        canon = self._canons.get(relaxed)
+        if canon is None:
+            return None
+        canon.finish()
+        return canon.canonical_length
 
 
 def key_for(tags: dict[bytes, bytes]) -> BodyHashKey | None:
