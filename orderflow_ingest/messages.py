@@ -41,8 +41,9 @@ class NewMessage:
     envelope_recipient: str
     postfix_queue_id: str | None
     auth_results: dict[str, Any] | None
-    # sha256 of the message as sent, without our own trace fields (the dedup gate's content).
-    content_sha256: str
+    # sha256 of the message as sent, without our own trace fields (the dedup gate's content);
+    # None: the raw sha256 stands for the content (callers that never saw trace fields).
+    content_sha256: str | None = None
 
 
 # Rows of one org and Message-ID with the same content as the message at hand. A row from
@@ -77,7 +78,7 @@ def insert_received(conn: Conn, new: NewMessage) -> dict[str, Any] | None:
         "envelope_recipient": new.envelope_recipient,
         "postfix_queue_id": new.postfix_queue_id,
         "auth_results": Jsonb(new.auth_results) if new.auth_results is not None else None,
-        "content_sha256": new.content_sha256,
+        "content_sha256": new.content_sha256 or new.sha256,
     }
     conn.execute(
         "SELECT pg_advisory_xact_lock("

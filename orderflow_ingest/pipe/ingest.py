@@ -22,7 +22,7 @@ import redis.exceptions
 from botocore.exceptions import BotoCoreError, ClientError
 from psycopg_pool import PoolTimeout
 
-from orderflow_ingest import headertext, messages, metrics, storage
+from orderflow_ingest import events, headertext, messages, metrics, storage
 from orderflow_ingest.addressing import org_slug
 from orderflow_ingest.authresults import parse_our_verdicts
 from orderflow_ingest.db import Conn, Pool, is_broken_connection
@@ -261,6 +261,8 @@ def _deliver(
         )
         with metrics.timed("orderflow_db_seconds", operation="insert_received"):
             created = messages.insert_received(conn, new)
+            if created is not None and created["conflict_of"] is not None:
+                _record_conflict(conn, created)
             conn.commit()
         if created is not None:
             log_event("delivery.received", inbound_message_id=created["id"], **context)
@@ -300,13 +302,14 @@ def _deliver(
                 won = messages.mark_stored(conn, row["id"], key)
                 conn.commit()
             if not won:  # a concurrent copy of this message stored it first
+                _record_duplicate(conn, row, message, context)
                 _log_duplicate(row, message, context)
                 return Outcome.DUPLICATE
             log_event("delivery.stored", raw_storage_key=key, resumed=created is None, **context)
             metrics.count("smtp_emails_received_total", org_id=org_id, status="STORED")
             _enqueue(backends, row["id"], row["trace_id"], context, check_live=created is None)
             return Outcome.DELIVERED
-        conn.rollback()
+        _record_duplicate(conn, row, message, context)
     if row["status"] == "STORED":
         # Raw is safe; make sure extraction was enqueued (a Redis outage may have stopped us).
         _enqueue(backends, row["id"], row["trace_id"], context, check_live=True)
@@ -317,7 +320,7 @@ def _deliver(
 def _lock_existing(conn: Conn, new: messages.NewMessage) -> dict[str, Any] | None:
     """The row of the same org, Message-ID and content, locked."""
     existing = messages.find_same_content(
-        conn, new.org_id, new.source_message_id, new.content_sha256, new.sha256
+        conn, new.org_id, new.source_message_id, new.content_sha256 or new.sha256, new.sha256
     )
     return None if existing is None else messages.lock_message(conn, existing["id"])
 
@@ -332,6 +335,37 @@ def _log_conflict(row: dict[str, Any], context: dict[str, Any]) -> None:
         **{**context, "inbound_message_id": row["id"]},
     )
     metrics.count("orderflow_message_conflicts_total", org_id=row["org_id"])
+
+
+def _record_conflict(conn: Conn, row: dict[str, Any]) -> None:
+    """message.conflict, in the transaction that inserts the conflicting row."""
+    events.record(
+        conn,
+        "message.conflict",
+        org_id=row["org_id"],
+        trace_id=row["trace_id"],
+        inbound_message_id=row["id"],
+        data={"conflict_of": row["conflict_of"], "message_id": row["source_message_id"]},
+    )
+
+
+def _record_duplicate(
+    conn: Conn, row: dict[str, Any], message: SpooledMessage, context: dict[str, Any]
+) -> None:
+    """message.duplicate for the first message; committing also ends the row lock we held."""
+    events.record(
+        conn,
+        "message.duplicate",
+        org_id=row["org_id"],
+        trace_id=context["trace_id"],
+        inbound_message_id=row["id"],
+        data={
+            "status": row["status"],
+            "same_bytes": row["sha256"] == message.sha256,
+            "queue_id": context.get("queue_id"),
+        },
+    )
+    conn.commit()
 
 
 def _put_raw(backends: Backends, key: str, message: SpooledMessage) -> None:
