@@ -328,8 +328,10 @@ def test_another_orgs_webhook_endpoints_and_deliveries_are_404(
 
     with psycopg.connect(settings.database_url, autocommit=True, row_factory=dict_row) as db:
         endpoint = db.execute(
-            "INSERT INTO webhook_endpoint (org_id, url, secret) VALUES (%s,"
-            " 'https://receiver.example/hook', 'whsec_dGVzdA') RETURNING id::text AS id",
+            # Disabled: no dispatcher of another test may ever send to it.
+            "INSERT INTO webhook_endpoint (org_id, url, secret, enabled, disabled_reason)"
+            " VALUES (%s, 'https://receiver.example/hook', 'whsec_dGVzdA', false, 'test')"
+            " RETURNING id::text AS id",
             (world["globex"]["org_id"],),
         ).fetchone()["id"]
         delivery = db.execute(
@@ -361,3 +363,10 @@ def test_another_orgs_webhook_endpoints_and_deliveries_are_404(
     with client(world, "globex_key") as http:
         assert http.get(f"/v1/webhooks/endpoints/{endpoint}").status_code == 200
         assert http.get(f"/v1/webhooks/endpoints/{endpoint}/deliveries").status_code == 200
+
+
+def test_doctor_sees_the_running_api(world: dict[str, Any], settings: Any) -> None:
+    from orderflow_ingest.ops.doctor import OK, check_api
+
+    check = check_api(settings, world["base"].removeprefix("http://"))
+    assert check.status == OK, check.detail

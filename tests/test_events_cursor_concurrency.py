@@ -29,7 +29,12 @@ TYPE = "test.concurrent"
 
 
 def _org_id(settings: Any, slug: str) -> str:
+    """An org of this test only, so no other test's events interleave with ours."""
     with psycopg.connect(settings.database_url, row_factory=dict_row) as conn:
+        conn.execute(
+            "INSERT INTO org (slug, name) VALUES (%s, %s) ON CONFLICT (slug) DO NOTHING",
+            (slug, slug),
+        )
         row = conn.execute("SELECT id::text AS id FROM org WHERE slug = %s", (slug,)).fetchone()
         assert row is not None
         return str(row["id"])
@@ -63,7 +68,7 @@ def _poll(conn: Any, org: str, cursor: str, rng: random.Random) -> tuple[list[di
 
 
 def test_a_polling_reader_sees_every_committed_event_exactly_once(settings: Any) -> None:
-    org = _org_id(settings, "globex")
+    org = _org_id(settings, "events-cursor-test")
     marker = uuid.uuid4().hex
     rng = random.Random(20261129)
     with psycopg.connect(settings.database_url, row_factory=dict_row) as reader:
