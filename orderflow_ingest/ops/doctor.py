@@ -387,6 +387,19 @@ def check_exporter(settings: Settings) -> Check:
     return Check("exporter", OK, f"{url} answers")
 
 
+def check_api(settings: Settings, listen: str | None = None) -> Check:
+    """The HTTP API answers its OpenAPI document (a WARN: hosts may run it elsewhere)."""
+    host, _, port = (listen or settings.api_listen).rpartition(":")
+    url = f"http://{host}:{port}/v1/openapi.json"
+    try:
+        with urllib.request.urlopen(url, timeout=SOCKET_TIMEOUT) as response:
+            if response.status != 200:
+                return Check("api", WARN, f"{url}: HTTP {response.status}")
+    except Exception as error:
+        return Check("api", WARN, f"{url}: {_error(error)} (is `api` running?)")
+    return Check("api", OK, f"{url} answers")
+
+
 def check_public_face(settings: Settings) -> list[Check]:
     """The smtpd certificate and the DNS a sender reads (MX, PTR) for this host's name."""
     config_dir = settings.postfix_config_dir
@@ -423,6 +436,7 @@ def run_checks(settings: Settings, min_free: int = DEFAULT_MIN_FREE) -> list[Che
         lambda: check_disks(settings, min_free),
         lambda: check_exporter(settings),
         lambda: check_webhooks(settings),
+        lambda: check_api(settings),
         lambda: check_public_face(settings),
     ]
     for step in steps:
