@@ -175,6 +175,9 @@ class _Extractor:
         elif decision.kind is Kind.ENCODED_MESSAGE:
             self._walk_encoded(info, sink, end)
         elif decision.kind is Kind.CANDIDATE_IMAGE:
+            # Held until the end of the walk (its bytes are on disk): keep what deciding and
+            # naming it need, not its header parameters, so waiting images stay small.
+            info.params, info.disposition_params = {}, {}
             self._candidates.append((info, sink, end))
         else:
             self._add_document(info, sink, end, decision.reason)
