@@ -28,6 +28,7 @@
 #define _GNU_SOURCE
 #include <ctype.h>
 #include <errno.h>
+#include <fcntl.h>
 #include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -42,6 +43,7 @@
 #define MAX_ENVELOPE (64 * 1024)
 #define CHUNK (64 * 1024)
 #define HEADROOM 16 /* room for a chunk's "<len>\n" in front of its bytes */
+#define PF_EXITING 0x4 /* linux/sched.h: set when a task starts to exit, before it closes files */
 #define MAX_REPLY 4096
 #define DEFAULT_CONFIG "/etc/orderflow/ingest.env"
 #define DEFAULT_SOCKET "/run/orderflow/deliver.sock"
@@ -149,6 +151,30 @@ static void send_all(int fd, const char *data, size_t length) {
     }
 }
 
+/* Whether `parent` (pipe(8)) is still our parent and not dying. A killed parent closes our
+ * input (a clean EOF) before we are reparented, so getppid() alone races; /proc/PID/stat
+ * shows PF_EXITING from the start of its exit. Parent 1: it died before we looked (init
+ * adopted us). Without a visible /proc (hidepid), getppid() is all there is. */
+static int parent_alive(pid_t parent) {
+    if (parent <= 1 || getppid() != parent)
+        return 0;
+    char path[32], stat[1024];
+    snprintf(path, sizeof path, "/proc/%d/stat", (int)parent);
+    int fd = open(path, O_RDONLY | O_CLOEXEC);
+    if (fd < 0)
+        return 1;
+    ssize_t got = read(fd, stat, sizeof stat - 1);
+    close(fd);
+    if (got <= 0)
+        return 0;
+    stat[got] = '\0';
+    char *fields = strrchr(stat, ')'), state = 0; /* comm may hold spaces and parentheses */
+    unsigned long flags = 0;
+    if (fields == NULL || sscanf(fields + 1, " %c %*d %*d %*d %*d %*d %lu", &state, &flags) != 2)
+        return 0;
+    return state != 'Z' && state != 'X' && !(flags & PF_EXITING) && getppid() == parent;
+}
+
 /* SHA-256 (FIPS 180-4) for the trailer, so the client needs no library at build time. */
 struct sha256 {
     uint32_t state[8];
@@ -230,6 +256,7 @@ static void sha256_hex(struct sha256 *ctx, char hex[65]) {
 
 /* Parse arguments and settings, hand the message over, relay the service's answer. */
 int main(int argc, char **argv) {
+    pid_t parent = getppid(); /* first: pipe(8) may die while we start */
     const char *config = NULL, *sender = NULL, *queue_id = "", *recipient = NULL;
     int index = 1;
     for (; index < argc; index += 2) {
@@ -277,7 +304,6 @@ int main(int argc, char **argv) {
     if (sigaction(SIGALRM, &on_alarm, NULL) != 0)
         fail(UNAVAILABLE);
     alarm((unsigned)timeout + 1);
-    pid_t parent = getppid(); /* pipe(8): if it dies, our input ended early, not cleanly */
 
     size_t payload = strlen(VERSION) + strlen(sender) + strlen(recipient) + strlen(queue_id) + 3;
     if (payload > MAX_ENVELOPE)
@@ -320,7 +346,7 @@ int main(int argc, char **argv) {
         send_all(fd, buffer + HEADROOM - length, (size_t)length + (size_t)got);
     }
     /* A clean end of input: only now the trailer that makes the message complete. */
-    if (getppid() != parent)
+    if (!parent_alive(parent))
         fail(UNAVAILABLE);
     unsigned long long total = digest.length; /* before sha256_hex adds its padding */
     char hex[65], trailer[128];
