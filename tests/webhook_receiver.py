@@ -36,6 +36,8 @@ class Receiver:
         self.script: list[tuple[int, dict[str, str]]] = []
         self.requests: list[Received] = []
         self.delay = 0.0
+        # After this many requests, stop answering (hold) until the test sets `hold` again.
+        self.hold_after: int | None = None
         self.hold = threading.Event()  # set = answer; clear = sit on requests
         self.hold.set()
         self._lock = threading.Lock()
@@ -69,16 +71,24 @@ class Receiver:
                     status, headers = (
                         receiver.script.pop(0) if receiver.script else (receiver.default_status, {})
                     )
+                    if (
+                        receiver.hold_after is not None
+                        and len(receiver.requests) >= receiver.hold_after
+                    ):
+                        receiver.hold.clear()
                 receiver.hold.wait(60)
                 if receiver.delay:
                     time.sleep(receiver.delay)
-                self.send_response(status)
-                for name, value in headers.items():
-                    self.send_header(name, value)
-                reply = b"ok" if 200 <= status < 300 else b"no " * 1000
-                self.send_header("Content-Length", str(len(reply)))
-                self.end_headers()
-                self.wfile.write(reply)
+                try:
+                    self.send_response(status)
+                    for name, value in headers.items():
+                        self.send_header(name, value)
+                    reply = b"ok" if 200 <= status < 300 else b"no " * 1000
+                    self.send_header("Content-Length", str(len(reply)))
+                    self.end_headers()
+                    self.wfile.write(reply)
+                except (BrokenPipeError, ConnectionResetError):
+                    pass  # the sender gave up (timeout) or was killed: nothing to answer
 
             def log_message(self, format: str, *args: Any) -> None:
                 pass
