@@ -345,3 +345,68 @@ def test_item6_rq_job_timeout_is_not_swallowed(monkeypatch: pytest.MonkeyPatch) 
     after = resource.getrusage(resource.RUSAGE_CHILDREN)
     assert _zombie_children() == []
     assert (after.ru_utime + after.ru_stime) - (before.ru_utime + before.ru_stime) < 10
+
+
+def outlook_like_tnef() -> bytes:
+    """Two attachments, one of them an attached message (embedded TNEF), a multi-value property,
+    a recipient table and message properties: every structure tnefcheck mirrors."""
+    from mime_builders import _mapi_unicode
+
+    signature = b"\x07\x03\x02\x00\x00\x00\x00\x00\xc0\x00\x00\x00\x00\x00\x00\x46"
+    embedded = signature + tnef_blob([("inner.pdf", PDF)])
+    embedded += b"\0" * (-len(embedded) % 4)
+    props = (
+        struct.pack("<I", 3)
+        + _mapi_unicode(0x3707, "outer.msg")
+        + struct.pack("<HHII", 0x000D, 0x3701, 1, len(embedded))
+        + embedded
+        + struct.pack("<HHI", 0x1002, 0x3002, 3)
+        + b"\x01\x00\x02\x00\x03\x00\x00\x00"
+    )
+    recipients = struct.pack("<I", 2)
+    for name in ("Max", "Moritz"):
+        recipients += struct.pack("<I", 1) + _mapi_unicode(0x3001, name)
+    return (
+        tnef_blob([("a.pdf", PDF)])
+        + _attribute(2, 0x9002, 6, bytes(14))
+        + _attribute(2, 0x9005, 6, props)
+        + _attribute(1, 0x9004, 6, recipients)
+        + _attribute(1, 0x9003, 6, struct.pack("<I", 1) + _mapi_unicode(0x1000, "body"))
+    )
+
+
+def test_item6_tnef_check_mirror_survives_random_mutations() -> None:
+    """Random counts, bytes and property types in a full blob: what passes the check is read
+    by tnefparse in milliseconds (all of it in one child under a CPU limit)."""
+    import random
+
+    from orderflow_ingest.jobs import sandbox, tnef, tnefcheck
+
+    base = outlook_like_tnef()
+    assert [(f.index_path, f.name) for f in tnef.unpack(base)] == [
+        ("1", "a.pdf"),
+        ("2.1", "inner.pdf"),
+    ]
+    rng = random.Random(10)
+    passed: list[str] = []
+    for _ in range(1500):
+        blob = bytearray(base)
+        for _ in range(rng.randint(1, 4)):
+            at = rng.randrange(6, len(blob) - 4)
+            roll = rng.random()
+            if roll < 0.4:
+                value = rng.choice([0xFFFFFFFF, 0x7FFFFFFF, 0x10000, rng.randrange(1 << 32)])
+                blob[at : at + 4] = struct.pack("<I", value)
+            elif roll < 0.7:
+                blob[at] = rng.randrange(256)
+            else:
+                kind = rng.choice([0x1002, 0x1003, 0x100B, 0x0002, 0x000D, 0x001E, 0x8000, 0x3701])
+                blob[at : at + 2] = struct.pack("<H", kind)
+        try:
+            tnefcheck.check(bytes(blob))
+        except tnefcheck.Unsafe:
+            continue
+        passed.append(bytes(blob).hex())
+    assert len(passed) > 500
+    limits = sandbox.Limits(cpu_seconds=20, memory_bytes=1024 * 1024 * 1024, wall_seconds=300)
+    assert sandbox.run_limited(_parse_all, (passed,), limits) == len(passed)
