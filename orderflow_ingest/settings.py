@@ -284,6 +284,31 @@ SETTINGS: tuple[Setting, ...] = (
         "",
         "Resolvers for SPF/DKIM/DMARC (ip or ip:port); empty means /etc/resolv.conf.",
     ),
+    Setting(
+        "ORDERFLOW_DNS_CACHE_BYTES",
+        _at_least(65536),
+        "16777216",
+        "Most bytes of DNS answers the milter caches (least recently used go first).",
+    ),
+    Setting(
+        "ORDERFLOW_DNS_CACHE_MAX_TTL",
+        _at_least(0),
+        "3600",
+        "Most seconds the milter caches a DNS answer, whatever its TTL says (0: no cache).",
+    ),
+    Setting(
+        "ORDERFLOW_PUBLIC_SUFFIX_LIST",
+        _text,
+        "/usr/share/publicsuffix/public_suffix_list.dat",
+        "Public Suffix List for DMARC (Debian's publicsuffix); the milter refuses to start "
+        "without it.",
+    ),
+    Setting(
+        "ORDERFLOW_DKIM_L_POLICY",
+        _choice("record", "fail"),
+        "record",
+        "record: note a DKIM l= that leaves body content unsigned; fail: that signature fails.",
+    ),
     Setting("ORDERFLOW_ORG_CACHE_TTL", _float, "30", "Seconds an org look-up is cached."),
     Setting(
         "ORDERFLOW_MILTER_LOOKUP_TIMEOUT",

@@ -46,17 +46,21 @@ class _ZoneResolver(BaseResolver):
             known = any(name == qname for name, _ in owner.records)
         if not records and cname and qtype != "CNAME":
             target = cname[0]
-            reply.add_answer(RR(request.q.qname, QTYPE.CNAME, rdata=CNAME(target), ttl=60))
+            reply.add_answer(RR(request.q.qname, QTYPE.CNAME, rdata=CNAME(target), ttl=owner.ttl))
             with owner.lock:
                 records = list(owner.records.get((_norm(target), qtype), []))
             for record in records:
-                reply.add_answer(RR(DNSLabel(target), getattr(QTYPE, qtype), rdata=record, ttl=60))
+                reply.add_answer(
+                    RR(DNSLabel(target), getattr(QTYPE, qtype), rdata=record, ttl=owner.ttl)
+                )
             return reply
         if not records and not known:
             reply.header.rcode = RCODE.NXDOMAIN
             return reply
         for record in records:
-            reply.add_answer(RR(request.q.qname, getattr(QTYPE, qtype), rdata=record, ttl=60))
+            reply.add_answer(
+                RR(request.q.qname, getattr(QTYPE, qtype), rdata=record, ttl=owner.ttl)
+            )
         return reply
 
 
@@ -75,6 +79,7 @@ class LoopbackDns:
         self.unresponsive_zones: set[str] = set()
         self.servfail_zones: set[str] = set()
         self.queries: list[tuple[str, str]] = []
+        self.ttl = 60  # of every answer; a test may set a hostile one (years)
         self.port = 0
         self._servers: list[DNSServer] = []
 

@@ -189,6 +189,21 @@ def test_bad_socket_setting_is_a_config_error(tmp_path: Path) -> None:
     assert "loopback" in str(wait_for_event(tmp_path / "milter.log", "milter.start_failed"))
 
 
+def test_item10_milter_refuses_to_start_without_a_public_suffix_list(tmp_path: Path) -> None:
+    """No list, no DMARC guess: exit 78 before the socket exists, naming the setting, the
+    path and the package (the "last two labels" fallback aligned victim.co.uk with
+    evil.co.uk)."""
+    missing = tmp_path / "no" / "public_suffix_list.dat"
+    config = write_config(tmp_path, ORDERFLOW_PUBLIC_SUFFIX_LIST=str(missing))
+    process = start(config)
+    assert process.wait(timeout=20) == 78
+    error = str(wait_for_event(tmp_path / "milter.log", "milter.start_failed")["error"])
+    assert "ORDERFLOW_PUBLIC_SUFFIX_LIST" in error and str(missing) in error
+    assert "publicsuffix" in error
+    assert not (tmp_path / "run" / "milter.sock").exists()
+    assert not any(event["event"] == "milter.started" for event in events(tmp_path / "milter.log"))
+
+
 @pytest.mark.parametrize(
     ("value", "spec"),
     [

@@ -5,13 +5,19 @@ from __future__ import annotations
 
 import time
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 from dns_server import LoopbackDns
 
-from orderflow_ingest.milter.dmarc import from_domain, parse_record
+from orderflow_ingest.milter.dmarc import aligned, from_domain, from_domains, parse_record
 from orderflow_ingest.milter.dns import DnsBudget, DnspythonSource, DnsTempError, parse_server
-from orderflow_ingest.milter.orgdomain import PublicSuffixList, organizational_domain
+from orderflow_ingest.milter.orgdomain import (
+    PublicSuffixList,
+    PublicSuffixListError,
+    load,
+    organizational_domain,
+)
 from orderflow_ingest.milter.spf_check import check_spf
 
 
@@ -80,12 +86,41 @@ def test_parse_server() -> None:
     assert parse_server("::1").address == "::1"
 
 
+SYSTEM_LIST = "/usr/share/publicsuffix/public_suffix_list.dat"
+
+
 def test_organizational_domain_with_the_system_list() -> None:
-    assert organizational_domain("mail.example.com") == "example.com"
-    assert organizational_domain("a.b.example.co.uk") == "example.co.uk"
-    assert organizational_domain("example.co.uk") == "example.co.uk"
-    assert organizational_domain("co.uk") == "co.uk"
-    assert organizational_domain("Shop.Parent.TEST.") == "parent.test"
+    psl = load(SYSTEM_LIST)
+    assert organizational_domain("mail.example.com", psl) == "example.com"
+    assert organizational_domain("a.b.example.co.uk", psl) == "example.co.uk"
+    assert organizational_domain("example.co.uk", psl) == "example.co.uk"
+    assert organizational_domain("co.uk", psl) == "co.uk"
+    assert organizational_domain("Shop.Parent.TEST.", psl) == "parent.test"
+
+
+def test_item10_co_uk_aligned_and_not_aligned_correctly() -> None:
+    """Relaxed alignment by the list: victim.co.uk and evil.co.uk are two organizations
+    (the "last two labels" fallback made both co.uk and aligned them)."""
+    psl = load(SYSTEM_LIST)
+    assert not aligned("evil.co.uk", "victim.co.uk", "r", psl)
+    assert not aligned("mail.evil.co.uk", "victim.co.uk", "r", psl)
+    assert aligned("mail.victim.co.uk", "victim.co.uk", "r", psl)
+    assert aligned("victim.co.uk", "shop.victim.co.uk", "r", psl)
+    assert not aligned("mail.victim.co.uk", "victim.co.uk", "s", psl)
+    assert not aligned("co.uk", "victim.co.uk", "r", psl)
+
+
+def test_item10_no_usable_list_is_an_error_naming_the_setting(tmp_path: Path) -> None:
+    with pytest.raises(PublicSuffixListError, match=r"ORDERFLOW_PUBLIC_SUFFIX_LIST.*publicsuffix"):
+        load(tmp_path / "missing.dat")
+    not_a_list = tmp_path / "empty.dat"
+    not_a_list.write_text("// nothing\ncom\n")
+    with pytest.raises(PublicSuffixListError, match="not a public suffix list"):
+        load(not_a_list)
+    unreadable = tmp_path / "dir.dat"
+    unreadable.mkdir()
+    with pytest.raises(PublicSuffixListError, match="cannot read"):
+        load(unreadable)
 
 
 def test_public_suffix_rules() -> None:
@@ -113,12 +148,18 @@ def test_dmarc_record_parsing() -> None:
     assert parse_record(b"v=DMARC1; p=reject; pct=x").pct == 100  # type: ignore[union-attr]
 
 
+def _domains(*values: str) -> set[str]:
+    return set().union(*(from_domains(value) for value in values))
+
+
 def test_from_domain() -> None:
-    assert from_domain([" Buyer <Buyer@Sender.TEST>"]) == ("sender.test", None)
-    assert from_domain([" a@x.test, b@x.test"]) == ("x.test", None)
-    assert from_domain([" a@x.test", " b@y.test"]) == (None, "more than one From domain")
-    assert from_domain([" undisclosed-recipients:;"]) == (None, "no From domain")
-    assert from_domain([]) == (None, "no From domain")
+    assert from_domain(_domains(" Buyer <Buyer@Sender.TEST>")) == ("sender.test", None)
+    assert from_domain(_domains(" a@x.test, b@x.test")) == ("x.test", None)
+    assert from_domain(_domains(" a@x.test", " b@x.test.")) == ("x.test", None)
+    assert from_domain(_domains(" a@x.test", " b@y.test")) == (None, "more than one From domain")
+    assert from_domain(_domains(" a@x.test, b@y.test")) == (None, "more than one From domain")
+    assert from_domain(_domains(" undisclosed-recipients:;")) == (None, "no From domain")
+    assert from_domain(_domains()) == (None, "no From domain")
 
 
 def test_answers_are_cached_for_their_ttl_and_failures_are_not(server: LoopbackDns) -> None:
@@ -138,3 +179,63 @@ def test_answers_are_cached_for_their_ttl_and_failures_are_not(server: LoopbackD
     now[0] += 3600  # beyond the 60 s TTL of the test server: asked again
     DnsBudget(source, 2).txt("cached.test")
     assert server.queries[-1] == ("cached.test", "TXT")
+
+
+def test_item9_dns_cache_bounded_in_bytes_and_ttl(server: LoopbackDns) -> None:
+    """Attacker-sized TXT answers with a TTL of years: the cache keeps under its byte cap,
+    evicts the least recently used, and asks again once its own TTL cap has passed."""
+    now = [time.time()]
+    cap = 256 * 1024
+    source = DnspythonSource(
+        (server.server,), clock=lambda: now[0], cache_bytes=cap, cache_max_ttl=300
+    )
+    big = "v=spf1 " + "x" * 10_000  # 40 strings of 255 bytes: one 10 KB answer
+    names = [f"n{index}.hostile.test" for index in range(100)]
+    for name in names:
+        server.txt(name, big)
+    saved_ttl, server.ttl = server.ttl, 10**8  # about three years
+    try:
+        for name in names:
+            assert DnsBudget(source, 3).txt(name) == [big.encode()]
+            DnsBudget(source, 3).txt(names[0])  # kept in use: never the least recent
+            assert source.cache.bytes <= cap
+        assert 10 < len(source.cache) < 30  # 100 answers of 10 KB do not fit in 256 KiB
+        asked = len(server.queries)
+        DnsBudget(source, 3).txt(names[0])
+        DnsBudget(source, 3).txt(names[-1])
+        assert len(server.queries) == asked  # both cached
+        DnsBudget(source, 3).txt(names[1])
+        assert server.queries[-1] == (names[1], "TXT")  # the least recently used went first
+        now[0] += 301  # past our TTL cap, long before the record's own TTL
+        DnsBudget(source, 3).txt(names[0])
+        assert server.queries[-1] == (names[0], "TXT")
+    finally:
+        server.ttl = saved_ttl
+
+
+def test_item9_dns_cache_accounting_holds_under_threads() -> None:
+    """Every connection thread shares one cache: its byte count stays exact and capped."""
+    import threading
+
+    from orderflow_ingest.milter.dns import AnswerCache, record_bytes
+
+    cache = AnswerCache(64 * 1024, 60, clock=lambda: 1000.0)
+
+    def worker(seed: int) -> None:
+        for index in range(2000):
+            key = (f"n{(seed * 7919 + index) % 300}.test", "TXT")
+            if cache.get(key) is None:
+                cache.put(key, [(b"x" * (index % 700),)], 1060.0)
+
+    threads = [threading.Thread(target=worker, args=(seed,)) for seed in range(8)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    entries = list(cache._entries.items())
+    assert cache.bytes == sum(record_bytes(e[2]) + len(k[0]) for k, e in entries)
+    assert cache.bytes <= 64 * 1024
+    cache.put(("huge.test", "TXT"), [(b"x" * 9000,)], 1060.0)  # over an eighth: not kept
+    assert cache.get(("huge.test", "TXT")) is None
+    with pytest.raises(ValueError):
+        AnswerCache(0, 60)

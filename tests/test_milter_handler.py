@@ -18,6 +18,7 @@ from orderflow_ingest import metrics
 from orderflow_ingest.authresults import parse_our_verdicts
 from orderflow_ingest.milter import handler as handler_module
 from orderflow_ingest.milter.handler import MilterConfig, OrderflowMilter
+from orderflow_ingest.milter.orgdomain import load as load_psl
 from orderflow_ingest.milter.recipients import DirectoryUnavailable, OrgDirectory, OrgStatus
 
 AUTHSERV = "mx.orders.test"
@@ -26,6 +27,10 @@ CLIENT_IP = "192.0.2.10"
 RSA = rsa_key("sel1", "sender.test")
 ED = ed25519_key("ed1", "sender.test")
 THIRD_PARTY = rsa_key("esp", "esp.example")
+EVIL_CO_UK = rsa_key("s1", "evil.co.uk")
+VICTIM_CO_UK = rsa_key("s1", "mail.victim.co.uk")
+# The list the milter is configured with by default (Debian's publicsuffix).
+PSL = load_psl("/usr/share/publicsuffix/public_suffix_list.dat")
 
 
 class Orgs:
@@ -56,6 +61,9 @@ def dns() -> FakeDns:
     fake.txt("_dmarc.sender.test", "v=DMARC1; p=reject; rua=mailto:d@sender.test")
     fake.txt("_dmarc.fail.test", "v=DMARC1; p=reject")
     fake.txt("_dmarc.soft.test", "v=DMARC1; p=none")
+    fake.txt(EVIL_CO_UK.dns_name, EVIL_CO_UK.public_record)
+    fake.txt(VICTIM_CO_UK.dns_name, VICTIM_CO_UK.public_record)
+    fake.txt("_dmarc.victim.co.uk", "v=DMARC1; p=reject")
     return fake
 
 
@@ -77,6 +85,7 @@ def make_config(dns: FakeDns, orgs: Orgs) -> Callable[..., MilterConfig]:
             "dmarc_reject": False,
             "tempfail_on_dns_error": False,
             "max_header_bytes": 1_048_576,
+            "psl": PSL,
         }
         values.update(overrides)
         return MilterConfig(**values)
@@ -472,9 +481,76 @@ def test_dmarc_without_a_record_is_none(run: Callable[..., Transaction]) -> None
     assert ours(result)["dmarc"]["result"] == "none"
 
 
-def test_two_from_domains_are_a_dmarc_permerror(run: Callable[..., Transaction]) -> None:
-    raw = make_message(from_addr="a@sender.test, b@other.test")
-    assert ours(run(raw))["dmarc"]["result"] == "permerror"
+def test_item10_dmarc_aligns_by_the_public_suffix_list(run: Callable[..., Transaction]) -> None:
+    """co.uk is a public suffix: evil.co.uk's DKIM pass must not align with a From of
+    victim.co.uk (the old "last two labels" fallback made both "co.uk"), while a signature
+    of mail.victim.co.uk does align (same organizational domain victim.co.uk)."""
+    raw = make_message(from_addr="ceo@victim.co.uk")
+    forged = ours(run(EVIL_CO_UK.sign(raw), sender="x@elsewhere.test"))
+    assert forged["dkim"][0]["result"] == "pass"
+    assert forged["dmarc"]["result"] == "fail"
+    refused = run(EVIL_CO_UK.sign(raw), sender="x@elsewhere.test", dmarc_reject=True)
+    assert refused.eom is not None and refused.eom.result == "reject"
+    genuine = run(VICTIM_CO_UK.sign(raw), sender="x@elsewhere.test", dmarc_reject=True)
+    assert ours(genuine)["dmarc"]["result"] == "pass"
+    assert genuine.eom is not None and genuine.eom.result == "continue"
+
+
+@pytest.mark.parametrize(
+    "from_headers",
+    [
+        ["a@sender.test, b@other.test"],  # one header, two domains
+        ["a@sender.test", "b@other.test"],  # two headers
+        ["a@sender.test"] * 6 + ["b@other.test"],  # beyond any count of headers kept
+        ["b@other.test"] + ["a@sender.test"] * 6,
+    ],
+)
+def test_item12_more_than_one_from_domain_is_dmarc_fail(
+    run: Callable[..., Transaction], from_headers: list[str]
+) -> None:
+    """Several From domains: fail, whatever the header count, and the strictest policy of
+    them applies, so a second From cannot get a forged p=reject domain past `reject`."""
+    raw = make_message(
+        from_addr=from_headers[0], extra_headers=[("From", value) for value in from_headers[1:]]
+    )
+    signed = RSA.sign(raw)  # a valid, aligned-looking signature of sender.test changes nothing
+    recorded = ours(run(signed))["dmarc"]
+    assert recorded["result"] == "fail"
+    assert recorded["reason"] == "more than one From domain"
+    assert recorded["policy.dmarc"] == "reject"
+    refused = run(signed, dmarc_reject=True)
+    assert refused.eom is not None and refused.eom.result == "reject"
+    assert refused.eom.reply == ("550", "5.7.1", "rejected by the DMARC policy of sender.test")
+
+
+def test_item12_several_from_headers_of_one_domain_are_evaluated(
+    run: Callable[..., Transaction],
+) -> None:
+    raw = make_message(extra_headers=[("From", "other@sender.test")])
+    assert ours(run(RSA.sign(raw)))["dmarc"]["result"] == "pass"
+
+
+def test_item12_dkim_l_recorded_and_policy(run: Callable[..., Transaction]) -> None:
+    """l= is recorded (header.l, and on the row through parse_our_verdicts); content appended
+    after the signed length is named in the reason, and under ORDERFLOW_DKIM_L_POLICY=fail
+    the signature fails (and with it DMARC, when nothing else aligns)."""
+    signed = RSA.sign(make_message(), length=True)
+    whole = ours(run(signed, sender="x@elsewhere.test"))["dkim"][0]
+    assert whole["result"] == "pass" and "reason" not in whole
+    assert int(whole["header.l"]) == len(b"Please deliver 10 widgets.\r\n")
+    extra = b"Bank account changed: DE00 0000 0000 0000\r\n"
+    appended = signed + extra
+    unsigned = f"l= leaves {len(extra)} body bytes unsigned"
+    recorded = ours(run(appended, sender="x@elsewhere.test"))
+    assert recorded["dkim"][0]["result"] == "pass"
+    assert recorded["dkim"][0]["reason"] == unsigned
+    assert recorded["dkim"][0]["header.l"] == whole["header.l"]
+    failed = ours(run(appended, sender="x@elsewhere.test", dkim_l_policy="fail"))
+    assert failed["dkim"][0]["result"] == "fail"
+    assert failed["dkim"][0]["reason"] == unsigned
+    assert failed["dmarc"]["result"] == "fail"
+    exact = ours(run(signed, sender="x@elsewhere.test", dkim_l_policy="fail"))
+    assert exact["dkim"][0]["result"] == "pass"  # l= covering the whole body is fine
 
 
 # -- Authentication-Results --------------------------------------------------------------------

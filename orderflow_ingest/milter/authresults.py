@@ -69,6 +69,11 @@ def dkim_result(verdict: DkimVerdict) -> authres.DKIMAuthenticationResult:
     prefix = _token(verdict.signature_prefix)
     if prefix:
         result.properties.append(authres.AuthenticationResultProperty("header", "b", prefix))
+    if verdict.length is not None:
+        # l= of the signature (RFC 6376 3.5), as header.a/s/b are its other tags; the
+        # reason says how much of the body came after it, unsigned.
+        length = str(verdict.length)
+        result.properties.append(authres.AuthenticationResultProperty("header", "l", length))
     return result
 
 

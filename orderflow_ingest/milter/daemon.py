@@ -83,20 +83,24 @@ def parse_endpoint(value: str) -> Endpoint:
     )
 
 
-def build_milter_config(settings: Settings) -> tuple[Any, Any]:
+def load_public_suffix_list(settings: Settings) -> Any:
+    """The list DMARC needs, or StartupError (exit 78) naming the setting and the path: no
+    list means no correct organizational domain, and no guess is safe (issue 10, item 10)."""
+    from orderflow_ingest.milter.orgdomain import PublicSuffixListError, load
+
+    try:
+        return load(settings.public_suffix_list)
+    except PublicSuffixListError as error:
+        raise StartupError(str(error), EX_CONFIG) from None
+
+
+def build_milter_config(settings: Settings, psl: Any) -> tuple[Any, Any]:
     """(MilterConfig, pool): the services every connection shares."""
     from orderflow_ingest.db import make_pool
     from orderflow_ingest.milter.dns import DnspythonSource
     from orderflow_ingest.milter.handler import MilterConfig
-    from orderflow_ingest.milter.orgdomain import load_default
     from orderflow_ingest.milter.recipients import OrgDirectory, pool_lookup
 
-    if load_default() is None:
-        log_event(
-            "milter.no_public_suffix_list",
-            logging.WARNING,
-            hint="install Debian's publicsuffix package; DMARC falls back to the last two labels",
-        )
     pool = make_pool(settings, max_size=DB_POOL_SIZE, name="milter")
     pool.open(wait=False)  # the milter starts (and answers 451) while the database is down
     config = MilterConfig(
@@ -106,11 +110,17 @@ def build_milter_config(settings: Settings) -> tuple[Any, Any]:
         directory=OrgDirectory(
             pool_lookup(pool, settings.milter_lookup_timeout), ttl=settings.org_cache_ttl
         ),
-        dns=DnspythonSource(settings.dns_servers),
+        dns=DnspythonSource(
+            settings.dns_servers,
+            cache_bytes=settings.dns_cache_bytes,
+            cache_max_ttl=settings.dns_cache_max_ttl,
+        ),
         dns_timeout=settings.dns_timeout,
         dmarc_reject=settings.dmarc_policy == "reject",
         tempfail_on_dns_error=settings.tempfail_on_dns_error,
         max_header_bytes=settings.max_header_bytes,
+        psl=psl,
+        dkim_l_policy=settings.dkim_l_policy,
     )
     return config, pool
 
@@ -301,13 +311,14 @@ def serve(settings: Settings) -> int:
     try:
         endpoint = parse_endpoint(settings.milter_socket)
         uid, gid = _ids(settings)
+        psl = load_public_suffix_list(settings)
     except StartupError as error:
         log_event("milter.start_failed", logging.ERROR, error=str(error))
         return error.status
     from orderflow_ingest.milter.handler import OrderflowMilter
     from orderflow_ingest.queue import make_redis
 
-    config, pool = build_milter_config(settings)
+    config, pool = build_milter_config(settings, psl)
     metrics.configure(make_redis(settings), host=settings.metrics_host)
     Milter.factory = lambda: OrderflowMilter(config)
     try:
@@ -324,6 +335,8 @@ def serve(settings: Settings) -> int:
         socket=endpoint.spec,
         authserv_id=config.authserv_id,
         dmarc_policy=settings.dmarc_policy,
+        dkim_l_policy=settings.dkim_l_policy,
+        public_suffix_list=settings.public_suffix_list,
         tempfail_on_dns_error=settings.tempfail_on_dns_error,
         dns_timeout=settings.dns_timeout,
         uid=os.getuid(),

@@ -10,6 +10,12 @@ Results, as RFC 8601 names them:
   permerror  malformed or expired signature, no key in DNS, unusable key
   temperror  the key look-up timed out or the budget was spent
   policy     rsa-sha1 (RFC 8301), or more signatures than we are willing to verify
+
+A signature with l= (RFC 6376 3.5) signs only the first l bytes of the canonical body:
+anyone may append content after them (a second order, a different bank account) and the
+signature still verifies. The verdict records l= (`header.l` in our header) and, when the
+body goes on past it, how many bytes are unsigned; with ORDERFLOW_DKIM_L_POLICY=fail such a
+signature fails.
 """
 
 from __future__ import annotations
@@ -43,6 +49,8 @@ class DkimVerdict:
     identity: str | None  # i=
     signature_prefix: str | None  # first 8 characters of b= (RFC 6008 header.b)
     reason: str | None
+    length: int | None = None  # l=: the signature covers only this much of the body
+    unsigned_bytes: int | None = None  # canonical body bytes after l=, which nobody signed
 
 
 def signature_tags(value: bytes) -> dict[bytes, bytes] | None:
@@ -153,8 +161,28 @@ def _text(value: bytes | None) -> str | None:
     return re.sub(rb"\s+", b"", value).decode("ascii", "replace")
 
 
-def _verdict(tags: dict[bytes, bytes], result: str, reason: str | None) -> DkimVerdict:
+L_POLICIES = ("record", "fail")
+
+
+def _verdict(
+    tags: dict[bytes, bytes],
+    result: str,
+    reason: str | None,
+    body: BodyHashes | None = None,
+    l_policy: str = "record",
+) -> DkimVerdict:
     b_value = _text(tags.get(b"b"))
+    key = key_for(tags) if body is not None and b"l" in tags else None
+    length = unsigned = None
+    if key is not None and key.length is not None and body is not None:
+        length = key.length
+        total = body.canonical_length(key.relaxed)
+        unsigned = max(0, total - length) if total is not None else None
+        if unsigned and result == "pass":
+            if l_policy == "fail":
+                result, reason = "fail", f"l= leaves {unsigned} body bytes unsigned"
+            else:
+                reason = f"l= leaves {unsigned} body bytes unsigned"
     return DkimVerdict(
         result=result,
         domain=(_text(tags.get(b"d")) or "").lower() or None,
@@ -163,6 +191,8 @@ def _verdict(tags: dict[bytes, bytes], result: str, reason: str | None) -> DkimV
         identity=_text(tags.get(b"i")),
         signature_prefix=b_value[:8] if b_value else None,
         reason=reason,
+        length=length,
+        unsigned_bytes=unsigned,
     )
 
 
@@ -188,9 +218,14 @@ def _verify_one(checker: _HeaderOnlyDKIM, idx: int, budget: DnsBudget) -> tuple[
 
 
 def verify_signatures(
-    header_block: bytes, signature_values: list[bytes], body: BodyHashes, budget: DnsBudget
+    header_block: bytes,
+    signature_values: list[bytes],
+    body: BodyHashes,
+    budget: DnsBudget,
+    l_policy: str = "record",
 ) -> list[DkimVerdict]:
-    """One verdict per DKIM-Signature, top first. `header_block` ends with the empty line."""
+    """One verdict per DKIM-Signature, top first. `header_block` ends with the empty line.
+    `l_policy` is ORDERFLOW_DKIM_L_POLICY: what a pass whose l= leaves body unsigned is."""
     verdicts: list[DkimVerdict] = []
     checker: _HeaderOnlyDKIM | None = None
     for idx, value in enumerate(signature_values):
@@ -204,5 +239,5 @@ def verify_signatures(
         result, reason = _verify_one(checker, idx, budget)
         # dkimpy parsed the signature's tags on its way; parse here only if it did not get there.
         tags = checker.signature_fields or signature_tags(value) or {}
-        verdicts.append(_verdict(tags, result, reason))
+        verdicts.append(_verdict(tags, result, reason, body, l_policy))
     return verdicts

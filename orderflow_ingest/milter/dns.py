@@ -53,20 +53,101 @@ def parse_server(text: str) -> dns.nameserver.Do53Nameserver:
     return dns.nameserver.Do53Nameserver(host, int(port))
 
 
+def record_bytes(records: list[Record]) -> int:
+    """What one cached answer costs in memory, roughly: its data plus Python's overhead per
+    object. A TXT answer is the sender's to size (attacker-sized records are the point)."""
+    size = _ENTRY_OVERHEAD
+    for record in records:
+        if isinstance(record, tuple):
+            size += _OBJECT_OVERHEAD + sum(
+                _OBJECT_OVERHEAD + (len(part) if isinstance(part, bytes | str) else 8)
+                for part in record
+            )
+        else:
+            size += _OBJECT_OVERHEAD + len(str(record))
+    return size
+
+
+_ENTRY_OVERHEAD = 200  # key tuple, two strings, the entry tuple, the OrderedDict slot
+_OBJECT_OVERHEAD = 40
+
+
+class AnswerCache:
+    """DNS answers for their TTL, capped by bytes and by a longest TTL; least recently used go
+    first. Thread-safe: every connection thread of the milter shares one.
+
+    Without the caps (issue 10, item 9) a sender could fill the daemon's memory: its own
+    DNS names answer TXT records of up to 64 KB each, as many names as it likes, with a TTL
+    of years. Now the whole cache stays under `max_bytes`, an answer bigger than an eighth
+    of it is not cached at all, and nothing is kept past `max_ttl` seconds.
+    """
+
+    def __init__(self, max_bytes: int, max_ttl: float, clock: Callable[[], float] = time.time):
+        if max_bytes <= 0 or max_ttl < 0:
+            raise ValueError("the DNS cache needs a positive size and a TTL cap of at least 0")
+        self.max_bytes = max_bytes
+        self.max_ttl = max_ttl
+        self._clock = clock
+        self._lock = threading.Lock()
+        self._entries: OrderedDict[tuple[str, str], tuple[float, int, list[Record]]] = OrderedDict()
+        self.bytes = 0
+
+    def __len__(self) -> int:
+        return len(self._entries)
+
+    def get(self, key: tuple[str, str]) -> list[Record] | None:
+        now = self._clock()
+        with self._lock:
+            entry = self._entries.get(key)
+            if entry is None:
+                return None
+            if entry[0] <= now:
+                self._drop(key)
+                return None
+            self._entries.move_to_end(key)
+            return entry[2]
+
+    def put(self, key: tuple[str, str], records: list[Record], expires: float) -> None:
+        now = self._clock()
+        expires = min(expires, now + self.max_ttl)
+        size = record_bytes(records) + len(key[0])
+        with self._lock:
+            if key in self._entries:
+                self._drop(key)
+            if expires <= now or size > self.max_bytes // 8:
+                return
+            self._entries[key] = (expires, size, records)
+            self.bytes += size
+            while self.bytes > self.max_bytes:
+                self._drop(next(iter(self._entries)))
+
+    def _drop(self, key: tuple[str, str]) -> None:
+        _expires, size, _records = self._entries.pop(key)
+        self.bytes -= size
+
+
 class DnspythonSource:
     """The real resolver: the configured servers, or /etc/resolv.conf when none are named.
 
     One instance is shared by every connection thread. Answers are cached for their TTL, as
     any resolver would: a busy sender's SPF, DMARC and key records are then one round trip
     per TTL instead of three per message. The cache holds our plain records (a dict look-up,
-    where dnspython's own cache still costs a name parse and a resolution object per query);
-    a name that does not exist is cached for NEGATIVE_TTL seconds at most.
+    where dnspython's own cache still costs a name parse and a resolution object per query),
+    bounded in bytes and in TTL (`AnswerCache`); a name that does not exist is cached for
+    NEGATIVE_TTL seconds at most.
     """
 
-    CACHE_ENTRIES = 20_000
     NEGATIVE_TTL = 60.0
+    CACHE_BYTES = 16 * 1024 * 1024  # ORDERFLOW_DNS_CACHE_BYTES
+    CACHE_MAX_TTL = 3600.0  # ORDERFLOW_DNS_CACHE_MAX_TTL
 
-    def __init__(self, servers: tuple[str, ...] = (), clock: Callable[[], float] = time.time):
+    def __init__(
+        self,
+        servers: tuple[str, ...] = (),
+        clock: Callable[[], float] = time.time,
+        cache_bytes: int = CACHE_BYTES,
+        cache_max_ttl: float = CACHE_MAX_TTL,
+    ):
         if servers:
             resolver = dns.resolver.Resolver(configure=False)
             resolver.nameservers = [parse_server(server) for server in servers]
@@ -75,23 +156,16 @@ class DnspythonSource:
         resolver.retry_servfail = False
         self._resolver = resolver
         self._clock = clock
-        self._lock = threading.Lock()
-        self._cache: OrderedDict[tuple[str, str], tuple[float, list[Record]]] = OrderedDict()
+        self.cache = AnswerCache(cache_bytes, cache_max_ttl, clock)
 
     def query(self, name: str, rdtype: str, timeout: float) -> list[Record]:
         key = (name.rstrip(".").lower(), rdtype.upper())
+        cached = self.cache.get(key)
+        if cached is not None:
+            return cached
         now = self._clock()
-        with self._lock:
-            cached = self._cache.get(key)
-            if cached is not None and cached[0] > now:
-                return cached[1]
         records, expires = self._resolve(key[0], key[1], timeout, now)
-        if expires > now:
-            with self._lock:
-                self._cache[key] = (expires, records)
-                self._cache.move_to_end(key)
-                while len(self._cache) > self.CACHE_ENTRIES:
-                    self._cache.popitem(last=False)
+        self.cache.put(key, records, expires)
         return records
 
     def _resolve(

@@ -38,14 +38,17 @@ from orderflow_ingest.milter.dkim_check import (
     register_body_hash,
     verify_signatures,
 )
-from orderflow_ingest.milter.dmarc import DmarcVerdict, check_dmarc
+from orderflow_ingest.milter.dmarc import DmarcVerdict, check_dmarc, from_domains
 from orderflow_ingest.milter.dns import DnsBudget, DnsSource
+from orderflow_ingest.milter.orgdomain import PublicSuffixList
 from orderflow_ingest.milter.recipients import OrgDirectory, decide
 from orderflow_ingest.milter.spf_check import SpfVerdict, check_spf
 
 DECISIONS = "orderflow_milter_decisions_total"
 VERDICTS = "orderflow_milter_verdicts_total"
-MAX_FROM_HEADERS = 5
+# Distinct From domains remembered per message: two already decide DMARC (fail); the cap
+# only bounds memory against a header block of thousands of addresses.
+MAX_FROM_DOMAINS = 16
 POSTFIX_OWN_RECEIVED = 1  # insert-header index just below Postfix's Received header
 
 F = TypeVar("F", bound=Callable[..., Any])
@@ -64,6 +67,8 @@ class MilterConfig:
     dmarc_reject: bool  # ORDERFLOW_DMARC_POLICY=reject
     tempfail_on_dns_error: bool
     max_header_bytes: int
+    psl: PublicSuffixList  # ORDERFLOW_PUBLIC_SUFFIX_LIST, loaded at start (no fallback)
+    dkim_l_policy: str = "record"  # ORDERFLOW_DKIM_L_POLICY
     sample: Callable[[], float] = random.random  # DMARC pct= sampling
 
 
@@ -79,7 +84,7 @@ class MessageState:
     header_bytes: int = 0
     headers_truncated: bool = False
     ar_claims: list[bool] = field(default_factory=list)
-    from_values: list[str] = field(default_factory=list)
+    from_domains: set[str] = field(default_factory=set)  # of every From header
     signatures: list[bytes] = field(default_factory=list)
     signature_count: int = 0
     message_id: str | None = None
@@ -265,8 +270,9 @@ class OrderflowMilter(Milter.Base):
         else:
             message.header_bytes += size
             message.header_block.append(name_bytes + b":" + value + b"\r\n")
-        if lname == "from" and len(message.from_values) < MAX_FROM_HEADERS:
-            message.from_values.append(text)
+        if lname == "from":
+            if len(message.from_domains) < MAX_FROM_DOMAINS:
+                message.from_domains.update(from_domains(text))
         elif lname == "dkim-signature":
             message.signature_count += 1
             if len(message.signatures) < MAX_SIGNATURES and not message.headers_truncated:
@@ -298,7 +304,11 @@ class OrderflowMilter(Milter.Base):
         config = self.config
         dkim = self._verify_dkim()
         dmarc = check_dmarc(
-            message.from_values, message.spf, dkim, DnsBudget(config.dns, config.dns_timeout)
+            message.from_domains,
+            message.spf,
+            dkim,
+            DnsBudget(config.dns, config.dns_timeout),
+            config.psl,
         )
         for verdict in dkim:
             metrics.count(VERDICTS, method="dkim", result=verdict.result)
@@ -307,7 +317,8 @@ class OrderflowMilter(Milter.Base):
         self._log_verdicts(dkim, dmarc, action, reason)
         metrics.count(DECISIONS, decision=action, reason=reason)
         if action == "reject":
-            return self._answer(replies.dmarc_reject(dmarc.from_domain or ""))
+            domain = dmarc.from_domain or dmarc.record_domain or ""  # several From: the policy's
+            return self._answer(replies.dmarc_reject(domain))
         if action == "tempfail":
             return self._answer(replies.DNS_TEMPFAIL)
         for index in indices_to_remove(message.ar_claims):
@@ -328,7 +339,9 @@ class OrderflowMilter(Milter.Base):
             ]
         block = b"".join(message.header_block) + b"\r\n"
         budget = DnsBudget(self.config.dns, self.config.dns_timeout)
-        verdicts = verify_signatures(block, message.signatures, message.body, budget)
+        verdicts = verify_signatures(
+            block, message.signatures, message.body, budget, self.config.dkim_l_policy
+        )
         for _ in range(message.signature_count - len(message.signatures)):
             verdicts.append(
                 DkimVerdict("policy", None, None, None, None, None, "too many signatures")
@@ -364,6 +377,7 @@ class OrderflowMilter(Milter.Base):
             slugs=self.message.slugs or None,
             spf=spf.result if spf else None,
             dkim=[f"{v.result}:{v.domain}" for v in dkim] or "none",
+            dkim_unsigned_bytes=[v.unsigned_bytes for v in dkim if v.unsigned_bytes] or None,
             dmarc=dmarc.result,
             from_domain=dmarc.from_domain,
             dmarc_policy=dmarc.policy,

@@ -2,19 +2,24 @@
 
 DMARC's relaxed alignment and its policy fallback both need "the public suffix plus one
 label". The list comes from Debian's `publicsuffix` package (the same file the distribution's
-browsers and curl use, kept current by apt). Without it we fall back to the last two labels,
-which is wrong for suffixes such as co.uk; a log line at start-up says so.
+browsers and curl use, kept current by apt), at ORDERFLOW_PUBLIC_SUFFIX_LIST. There is no
+fallback: "the last two labels" would make victim.co.uk and evil.co.uk one organization, so
+evil.co.uk's SPF or DKIM pass would align with a From of victim.co.uk (issue 10, item 10).
+The milter refuses to start without a usable list, and `doctor` checks for it.
 """
 
 from __future__ import annotations
 
-import threading
 from pathlib import Path
 
-PSL_PATHS = (
-    Path("/usr/share/publicsuffix/public_suffix_list.dat"),
-    Path("/usr/share/publicsuffix/effective_tld_names.dat"),
-)
+SETTING = "ORDERFLOW_PUBLIC_SUFFIX_LIST"
+# Rules a real list has; a file without them is truncated or not the list at all.
+_SANITY_RULES = ("com", "uk", "co.uk")
+
+
+class PublicSuffixListError(Exception):
+    """The list is missing, unreadable or not a public suffix list; the message says how to
+    fix it and names the setting."""
 
 
 class PublicSuffixList:
@@ -46,30 +51,31 @@ class PublicSuffixList:
         return labels[-1]  # the implicit "*" rule
 
 
-_lock = threading.Lock()
-_loaded: list[PublicSuffixList | None] = []
+def load(path: str | Path) -> PublicSuffixList:
+    """The list at `path`, checked to be one; PublicSuffixListError otherwise."""
+    fix = f"install Debian's publicsuffix package or set {SETTING} to the list's path"
+    try:
+        text = Path(path).read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise PublicSuffixListError(f"{SETTING}: {path} does not exist; {fix}") from None
+    except (OSError, UnicodeDecodeError) as error:
+        reason = getattr(error, "strerror", None) or type(error).__name__
+        raise PublicSuffixListError(f"{SETTING}: cannot read {path} ({reason}); {fix}") from None
+    try:
+        psl = PublicSuffixList(text.splitlines())
+    except UnicodeError:  # a rule IDNA cannot encode: a damaged file
+        raise PublicSuffixListError(f"{SETTING}: {path} has a malformed rule; {fix}") from None
+    if not all(rule in psl.rules for rule in _SANITY_RULES):
+        raise PublicSuffixListError(
+            f"{SETTING}: {path} is not a public suffix list (no rule for co.uk); {fix}"
+        )
+    return psl
 
 
-def load_default() -> PublicSuffixList | None:
-    """The system list, read once per process; None when no list is installed."""
-    with _lock:
-        if not _loaded:
-            psl = None
-            for path in PSL_PATHS:
-                if path.is_file():
-                    psl = PublicSuffixList(path.read_text(encoding="utf-8").splitlines())
-                    break
-            _loaded.append(psl)
-        return _loaded[0]
-
-
-def organizational_domain(domain: str, psl: PublicSuffixList | None = None) -> str:
+def organizational_domain(domain: str, psl: PublicSuffixList) -> str:
     """The public suffix plus one label; the domain itself if it is a public suffix."""
     domain = domain.lower().rstrip(".")
-    psl = psl if psl is not None else load_default()
     labels = domain.split(".")
-    if psl is None:
-        return ".".join(labels[-2:])
     suffix = psl.public_suffix(domain)
     suffix_labels = suffix.count(".") + 1
     if len(labels) <= suffix_labels:
