@@ -326,9 +326,16 @@ class Harness:
         """SIGKILL the pipe client ("client") or Postfix's pipe(8) ("pipe") while a message
         is being handed over; False when none was running within `timeout`."""
         find = self.client_processes if what == "client" else self.pipe_processes
-        busy = (lambda: bool(self.client_processes())) if what == "pipe" else None
-        found = poll_until(lambda: find() if (busy is None or busy()) else None, timeout, 0.005)
-        if not found:
+        found: list[int] = []
+
+        def look() -> bool:
+            # pipe(8) is mid-message only while it has a client running
+            if what == "pipe" and not self.client_processes():
+                return False
+            found[:] = find()
+            return bool(found)
+
+        if poll_until(look, timeout, 0.005) is None:
             return False
         for pid in found:
             with contextlib.suppress(ProcessLookupError):
