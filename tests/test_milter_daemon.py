@@ -221,3 +221,16 @@ def test_parse_endpoint(value: str, spec: str) -> None:
 def test_parse_endpoint_refuses(value: str) -> None:
     with pytest.raises(StartupError):
         parse_endpoint(value)
+
+
+def test_item10_doctor_checks_the_public_suffix_list(tmp_path: Path) -> None:
+    from orderflow_ingest.ops.doctor import FAIL, OK, check_public_suffix_list
+    from orderflow_ingest.settings import load_settings
+
+    default = load_settings(str(write_config(tmp_path)), environ={})
+    assert check_public_suffix_list(default).status == OK  # Debian's publicsuffix, as shipped
+    missing = tmp_path / "missing.dat"
+    config = write_config(tmp_path, ORDERFLOW_PUBLIC_SUFFIX_LIST=str(missing))
+    check = check_public_suffix_list(load_settings(str(config), environ={}))
+    assert check.status == FAIL
+    assert "ORDERFLOW_PUBLIC_SUFFIX_LIST" in check.detail and str(missing) in check.detail

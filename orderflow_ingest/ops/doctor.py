@@ -297,6 +297,19 @@ def milter_handshake(spec: str, timeout: float = SOCKET_TIMEOUT) -> int:
     return int(version)
 
 
+def check_public_suffix_list(settings: Settings) -> Check:
+    """The list DMARC's organizational domains come from: the milter refuses to start
+    without it (no "last two labels" guess, which aligns victim.co.uk with evil.co.uk)."""
+    from orderflow_ingest.milter.orgdomain import PublicSuffixListError, load
+
+    path = settings.public_suffix_list
+    try:
+        psl = load(path)
+    except PublicSuffixListError as error:
+        return Check("public suffix", FAIL, str(error))
+    return Check("public suffix", OK, f"{path}: {len(psl.rules)} rules")
+
+
 def check_milter_socket(settings: Settings) -> Check:
     try:
         version = milter_handshake(settings.milter_socket)
@@ -430,6 +443,7 @@ def run_checks(settings: Settings, min_free: int = DEFAULT_MIN_FREE) -> list[Che
         lambda: check_redis(settings),
         lambda: check_s3(settings),
         lambda: check_postfix(settings),
+        lambda: check_public_suffix_list(settings),
         lambda: check_milter_socket(settings),
         lambda: check_deliver_socket(settings),
         lambda: check_deliver_timeout(settings),
