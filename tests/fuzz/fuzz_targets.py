@@ -302,13 +302,13 @@ def _reference_decode(data: bytes) -> tuple[tuple[str, str, str], bytes] | None:
 
 def _wire_stream(data: bytes, chunks: list[bytes]) -> Any:
     """Feed the service's decoder `chunks`; (envelope, message) or "refused"."""
-    decoder = protocol.Decoder(_WIRE_MAX)  # type: ignore[attr-defined]
+    decoder = protocol.Decoder(_WIRE_MAX)
     pieces: list[bytes] = []
     try:
         for chunk in chunks:
             pieces += decoder.feed(chunk)
         decoder.finish()
-    except protocol.WireError:  # type: ignore[attr-defined]
+    except protocol.WireError:
         return "refused"
     envelope = decoder.envelope
     return (envelope.sender, envelope.recipient, envelope.queue_id), b"".join(pieces)
@@ -319,31 +319,17 @@ def wire_target(data: bytes) -> None:
     accepts a non-canonical length, a short or corrupted message, or bytes after the trailer),
     raises nothing but WireError, and answers the same however the bytes are split into reads.
     A correctly framed message round-trips; any prefix of it is refused."""
-    if not hasattr(protocol, "Decoder"):  # the OFI1 parser, before issue 10 item 1 landed
-        _wire_target_ofi1(data)
-        return
     whole = _wire_stream(data, [data])
     assert whole == _wire_stream(data, Splitter(data[:16]).chunks(data)), "split reads differ"
     expected = _reference_decode(data)
     assert whole == (expected if expected is not None else "refused"), (whole, expected)
     # A well-formed delivery of the same bytes: accepted whole, refused when cut anywhere.
-    framed = protocol.encode("buyer@customer.example", "orders@acme.example", "4QX1", data)  # type: ignore[attr-defined]
+    framed = protocol.encode("buyer@customer.example", "orders@acme.example", "4QX1", data)
     envelope, message = _wire_stream(framed, Splitter(data[:16]).chunks(framed))
     assert message == data and envelope[2] == "4QX1"
     for cut in {len(framed) - 1, len(framed) // 2, len(framed) - 70, 3}:
         if 0 <= cut < len(framed):
             assert _wire_stream(framed, [framed[:cut]]) == "refused", f"prefix of {cut} accepted"
-
-
-def _wire_target_ofi1(data: bytes) -> None:
-    parse = getattr(protocol, "parse_envelope")  # noqa: B009 - gone once OFI2 lands
-    try:
-        result = parse(data)
-    except ValueError:
-        return
-    if result is not None:
-        length_line = data.split(b"\n", 1)[0]
-        assert _CANONICAL.match(length_line), f"accepted non-canonical length {length_line!r}"
 
 
 # --- inspect (the worker's classification path) ------------------------------------------------
