@@ -135,9 +135,16 @@ def dispatcher_process(stack: Any, **overrides: str) -> subprocess.Popen[bytes]:
 
 
 def stop_process(process: subprocess.Popen[bytes], sig: int = signal.SIGTERM) -> int:
+    """Signal and reap; a dispatcher that ignores SIGTERM is killed (never leaked) and fails
+    the test."""
     if process.poll() is None:
         process.send_signal(sig)
-    return process.wait(timeout=60)
+    try:
+        return process.wait(timeout=60)
+    except subprocess.TimeoutExpired:
+        process.kill()
+        process.wait()
+        raise AssertionError(f"dispatcher {process.pid} did not stop on signal {sig}") from None
 
 
 DELIVERABLE_EVENTS = """

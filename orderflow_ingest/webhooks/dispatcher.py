@@ -9,11 +9,15 @@ SIGKILL loses nothing (see delivery.py and fanout.py).
 
 from __future__ import annotations
 
+import faulthandler
 import logging
 import signal
 import threading
 from collections.abc import Callable
 from typing import Any
+
+import psycopg
+from psycopg_pool import PoolTimeout
 
 from orderflow_ingest import db, metrics
 from orderflow_ingest.logs import log_event, setup_logging
@@ -105,9 +109,18 @@ def serve(settings: Any) -> int:
         Redis.from_url(settings.redis_url, socket_timeout=settings.backend_timeout),
         host=settings.metrics_host,
     )
+    faulthandler.register(signal.SIGUSR1, all_threads=True)  # kill -USR1: where is it stuck?
     dispatcher = Dispatcher(settings)
-    signal.signal(signal.SIGTERM, lambda signum, frame: dispatcher.stop())
-    signal.signal(signal.SIGINT, lambda signum, frame: dispatcher.stop())
+    grace = int(2 * dispatcher.config.total_timeout + 10)
+
+    def stop(signum: int, frame: Any) -> None:
+        dispatcher.stop()
+        # Attempts in flight get `grace` seconds; then SIGALRM's default action ends the
+        # process whatever it waits on. Nothing is lost: a cut attempt is retried (same id).
+        signal.alarm(grace)
+
+    signal.signal(signal.SIGTERM, stop)
+    signal.signal(signal.SIGINT, stop)
     log_event(
         "webhook.dispatcher_started",
         concurrency=dispatcher.concurrency,
@@ -115,6 +128,9 @@ def serve(settings: Any) -> int:
     )
     try:
         dispatcher.run()
+    except (PoolTimeout, psycopg.OperationalError) as error:
+        log_event("webhook.dispatcher_no_database", logging.ERROR, error=str(error)[:300])
+        return 75  # EX_TEMPFAIL: systemd starts it again after RestartSec
     finally:
         metrics.shutdown()
     log_event("webhook.dispatcher_stopped")
