@@ -160,6 +160,9 @@ def test_raw_download_through_a_short_lived_signed_link(
 
 def test_document_download_through_a_signed_link(world: dict[str, Any]) -> None:
     with client(world) as http:
+        detail = http.get(f"/v1/documents/{world['acme_doc']}").json()
+        assert detail["inbound_message_id"] == world["acme"]["id"]
+        assert detail["file_name"] == "PO-1.pdf"
         link = http.get(f"/v1/documents/{world['acme_doc']}/content").json()
     download = httpx.get(link["url"], timeout=30)
     assert download.status_code == 200
@@ -173,6 +176,7 @@ def _endpoints(world: dict[str, Any]) -> list[tuple[str, str]]:
     return [
         ("GET", f"/v1/messages/{message}"),
         ("GET", f"/v1/messages/{message}/raw"),
+        ("GET", f"/v1/documents/{document}"),
         ("GET", f"/v1/documents/{document}/content"),
         ("POST", f"/v1/messages/{message}/reprocess"),
     ]

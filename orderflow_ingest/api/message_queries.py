@@ -110,6 +110,16 @@ def get_message(conn: Conn, org_ids: Sequence[str], message_id: str) -> dict[str
     ).fetchone()
 
 
+def document_detail(conn: Conn, org_ids: Sequence[str], document_id: str) -> dict[str, Any] | None:
+    return conn.execute(
+        "SELECT id::text AS id, org_id::text AS org_id,"
+        " inbound_message_id::text AS inbound_message_id, part_path, file_name, mime_type,"
+        " size_bytes, sha256, status, decision_json AS decision, created_at FROM document"
+        " WHERE id = %s AND org_id = ANY(%s::uuid[])",
+        (document_id, list(org_ids)),
+    ).fetchone()
+
+
 def get_document(conn: Conn, org_ids: Sequence[str], document_id: str) -> dict[str, Any] | None:
     return conn.execute(
         "SELECT id::text AS id, org_id::text AS org_id, file_name, storage_key FROM document"

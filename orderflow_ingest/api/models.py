@@ -43,6 +43,11 @@ class Document(BaseModel):
     created_at: datetime
 
 
+class DocumentDetail(Document):
+    org_id: str
+    inbound_message_id: str
+
+
 class SkippedPart(BaseModel):
     part_path: str
     content_type: str | None

@@ -112,6 +112,15 @@ def raw_link(
     return _link(request, conn, backends, grant)
 
 
+@router.get("/documents/{document_id}", response_model=models.DocumentDetail, tags=["messages"])
+def get_document(document_id: UUID, principal: MessagesRead, conn: DbConn) -> Any:
+    """One document's metadata (webhook payloads link here); its bytes via /content."""
+    doc = message_queries.document_detail(conn, principal.org_ids, str(document_id))
+    if doc is None:
+        raise not_found("document")
+    return doc
+
+
 @router.get("/documents/{document_id}/content", response_model=models.Link, tags=["messages"])
 def document_link(
     document_id: UUID, principal: RawRead, conn: DbConn, backends: BackendsDep, request: Request
