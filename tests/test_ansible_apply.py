@@ -89,6 +89,9 @@ UNIT_FILES = (
     "orderflow-ingest-exporter.service",
     "orderflow-ingest-sweep.service",
     "orderflow-ingest-sweep.timer",
+    "orderflow-ingest-api.service",
+    "orderflow-ingest-events-prune.service",
+    "orderflow-ingest-events-prune.timer",
 )
 SNAPSHOT_IGNORE = shutil.ignore_patterns(
     ".git",
