@@ -1,7 +1,7 @@
 """inbound_message queries: the dedup gate, status transitions, and look-ups.
 
 The database enforces which transitions are legal (sql/001_core.sql); these functions are the
-only places that write the status, so every change also lands in inbound_message_event.
+only places that write the status; a trigger records every change in the event log (sql/004).
 """
 
 from __future__ import annotations
