@@ -199,7 +199,8 @@ def test_item2_concurrent_copies_via_two_mx_give_one_row(mx2: Any, stack: Any, d
     rows = rows_in(db, msg["Message-ID"], 1, ("STORED", "PARSED"))
     assert len(rows) == 1
     duplicates = log_events(stack, "delivery.duplicate") + log_events(mx2, "delivery.duplicate")
-    assert len([e for e in duplicates if e["message_id"] == msg["Message-ID"]]) == 5
+    # Every other copy was answered as a duplicate (more if Postfix retried one under load).
+    assert len([e for e in duplicates if e["message_id"] == msg["Message-ID"]]) >= 5
 
 
 def test_item2_concurrent_conflicting_copies_are_both_kept_and_linked(
