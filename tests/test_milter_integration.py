@@ -356,3 +356,54 @@ def test_milter_logged_each_decision_with_its_reason(milter_stack: Any) -> None:
     reasons = {e.get("reason") for e in events if e["event"] == "milter.rcpt"}
     assert {"known_org", "unknown_org", "no_slug", "disabled_org"} <= reasons
     assert any(e["event"] == "milter.verdicts" and e.get("queue_id") for e in events)
+
+
+def test_item12_dkim_l_reaches_the_row(milter_stack: Any, db: Any, s3: Any) -> None:
+    """l= and the unsigned content after it, on inbound_message.auth_results."""
+    extra = b"PS: new bank account DE00 0000 0000 0000 0000 00\r\n"
+    raw = RSA.sign(order(), length=True) + extra
+    row, _raw = deliver_and_read(milter_stack, db, s3, raw)
+    (dkim,) = row["auth_results"]["dkim"]
+    assert dkim["result"] == "pass"
+    assert int(dkim["header.l"]) > 0
+    assert dkim["reason"] == f"l= leaves {len(extra)} body bytes unsigned"
+
+
+def test_item12_two_from_domains_reach_the_row_as_dmarc_fail(
+    milter_stack: Any, db: Any, s3: Any
+) -> None:
+    raw = RSA.sign(order(extra_headers=[("From", "ceo@esp.example")]))
+    row, _raw = deliver_and_read(milter_stack, db, s3, raw)
+    dmarc = row["auth_results"]["dmarc"]
+    assert (dmarc["result"], dmarc["reason"]) == ("fail", "more than one From domain")
+
+
+def test_item12_local_submission_to_an_ingest_address_is_refused(milter_stack: Any) -> None:
+    """sendmail/postdrop skip smtpd and so the milter: the stack's Postfix (rendered from
+    postfix-config/main.cf) refuses them outright, for root too, and queues nothing. doctor
+    holds the setting."""
+    from orderflow_ingest.ops.doctor import OK, _check_local_submission
+
+    config_dir = str(milter_stack.postfix_config_dir.resolve())
+    sender = f"local-{uuid.uuid4().hex}@sender.test"
+    result = subprocess.run(
+        ["/usr/sbin/sendmail", "-C", config_dir, "-f", sender, address("acme")],
+        input=order(),
+        capture_output=True,
+        timeout=30,
+        check=False,
+    )
+    assert result.returncode != 0
+    assert b"not allowed to submit mail" in result.stderr
+    postdrop = subprocess.run(
+        ["/usr/sbin/postdrop", "-c", config_dir],
+        input=b"",
+        capture_output=True,
+        timeout=30,
+        check=False,
+    )
+    assert postdrop.returncode != 0 and b"not allowed to submit mail" in postdrop.stderr
+    queue = Path(milter_stack.postfix.queue_dir, "maildrop")
+    assert not any(queue.iterdir()), "something reached the maildrop queue"
+    assert all(item.get("sender") != sender for item in milter_stack.postqueue())
+    assert _check_local_submission(milter_stack.settings).status == OK

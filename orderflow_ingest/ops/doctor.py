@@ -160,7 +160,24 @@ def check_postfix(settings: Settings) -> list[Check]:
         checks.append(Check("postfix check", SKIP, "needs root"))
     checks.append(_check_transport(settings))
     checks.extend(_check_milter_config(settings))
+    checks.append(_check_local_submission(settings))
     return checks
+
+
+def _check_local_submission(settings: Settings) -> Check:
+    """Mail submitted with sendmail/postdrop skips smtpd and so the milter: an ingest address
+    would get it with no verdict. postfix-config refuses all local submission."""
+    try:
+        users = postconf(settings.postfix_config_dir, "authorized_submit_users").strip()
+    except Exception as error:
+        return Check("local submission", FAIL, f"postconf: {_error(error)}")
+    if users:
+        detail = (
+            f"authorized_submit_users = {users}: sendmail would deliver to ingest addresses "
+            "without the milter; set it empty (postfix-config/README.md)"
+        )
+        return Check("local submission", FAIL, detail)
+    return Check("local submission", OK, "refused (authorized_submit_users is empty)")
 
 
 def _is_deliver_client(word: str) -> bool:
