@@ -374,3 +374,32 @@ def test_doctor_sees_the_running_api(world: dict[str, Any], settings: Any) -> No
 
     check = check_api(settings, world["base"].removeprefix("http://"))
     assert check.status == OK, check.detail
+
+
+def test_a_keys_ip_allow_list_sees_the_client_behind_a_local_proxy(
+    world: dict[str, Any], stack: Any
+) -> None:
+    from ops_support import cli_json
+
+    code, created = cli_json(
+        stack,
+        "key",
+        "create",
+        "lan-only",
+        "--org",
+        "acme",
+        "-p",
+        "messages:read",
+        "--allow-ip",
+        "10.1.0.0/16",
+    )
+    assert code == 0
+    url = world["base"] + "/v1/messages"
+    headers = bearer(created["secret"])
+    # A proxy on this host (loopback, trusted) forwards the client's address.
+    inside = httpx.get(url, headers={**headers, "X-Forwarded-For": "10.1.2.3"}, timeout=30)
+    outside = httpx.get(url, headers={**headers, "X-Forwarded-For": "198.51.100.7"}, timeout=30)
+    direct = httpx.get(url, headers=headers, timeout=30)
+    assert inside.status_code == 200
+    assert outside.status_code == 401
+    assert direct.status_code == 401

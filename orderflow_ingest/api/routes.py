@@ -140,26 +140,25 @@ def document_link(
     response_class=StreamingResponse,
     responses={200: {"content": {"application/octet-stream": {}}, "description": "The bytes."}},
 )
-def download(
-    token: Annotated[str, Path(max_length=1000)], conn: DbConn, backends: BackendsDep
-) -> Any:
+def download(token: Annotated[str, Path(max_length=1000)], backends: BackendsDep) -> Any:
     """The object a signed link names; no API key needed, the link is the credential."""
-    grant = links.verify(links.link_key(conn), token)
-    if grant is None:
-        raise ApiProblem(404, "no such link, or it has expired")
-    if grant.kind == "raw":
-        row = message_queries.get_message(conn, [grant.org_id], grant.object_id)
-        key = row["raw_storage_key"] if row else None
-        filename = f"message-{grant.object_id}.eml"
-        media_type = "message/rfc822"
-    else:
-        doc = message_queries.get_document(conn, [grant.org_id], grant.object_id)
-        key = doc["storage_key"] if doc else None
-        filename = UNSAFE_FILENAME.sub("_", doc["file_name"])[:150] if doc else ""
-        media_type = "application/octet-stream"
+    # Its own short use of the pool: the connection goes back before the bytes stream.
+    with backends.pool.connection() as conn:
+        grant = links.verify(links.link_key(conn), token)
+        if grant is None:
+            raise ApiProblem(404, "no such link, or it has expired")
+        if grant.kind == "raw":
+            row = message_queries.get_message(conn, [grant.org_id], grant.object_id)
+            key = row["raw_storage_key"] if row else None
+            filename = f"message-{grant.object_id}.eml"
+            media_type = "message/rfc822"
+        else:
+            doc = message_queries.get_document(conn, [grant.org_id], grant.object_id)
+            key = doc["storage_key"] if doc else None
+            filename = UNSAFE_FILENAME.sub("_", doc["file_name"])[:150] if doc else ""
+            media_type = "application/octet-stream"
     if not key:
         raise ApiProblem(404, "no such link, or it has expired")
-    conn.commit()
     body = backends.s3.get_object(Bucket=backends.settings.s3_bucket, Key=key)["Body"]
 
     def chunks() -> Any:
