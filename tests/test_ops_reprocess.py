@@ -84,6 +84,13 @@ def test_reprocess_repairs_failed_messages_after_the_fix(
         (row["id"],),
     ).fetchall()
     assert [h["status"] for h in history] == ["RECEIVED", "STORED", "FAILED", "STORED", "PARSED"]
+    reopened = db.execute(
+        "SELECT error_json FROM inbound_message_event WHERE inbound_message_id = %s"
+        " AND status = 'STORED' ORDER BY at DESC LIMIT 1",
+        (row["id"],),
+    ).fetchone()["error_json"]
+    assert reopened["reprocess"].startswith("orderflow-ingest reprocess by ")  # who, and why
+    assert reopened["previous"]["error"] == "unparseable"
 
     # Reprocessing a PARSED message again: same document, nothing duplicated; --wait says so.
     worker = subprocess.Popen(

@@ -13,7 +13,9 @@ object missing from the bucket.
 
 from __future__ import annotations
 
+import getpass
 import logging
+import os
 import time
 from collections.abc import Callable, Iterable
 from dataclasses import asdict, dataclass
@@ -103,12 +105,21 @@ def reopen(conn: Conn, row: dict[str, Any]) -> None:
     try:
         if queries.lock_if_status(conn, row["id"], row["status"]) is None:
             raise _Changed("its status changed, or a job is working on it right now")
-        if not messages.reopen_for_reprocess(conn, row["id"]):
+        if not messages.reopen_for_reprocess(conn, row["id"], _reason()):
             raise _Changed("the database refused to reopen it")
         conn.commit()
     except BaseException:
         conn.rollback()
         raise
+
+
+def _reason() -> str:
+    """Kept with the reopened message (its status history): who reprocessed it."""
+    try:
+        user = getpass.getuser()
+    except Exception:  # no name for this uid
+        user = str(os.getuid())
+    return f"orderflow-ingest reprocess by {user}"
 
 
 class _Changed(Exception):
