@@ -160,3 +160,42 @@ def test_doctor_and_exporter_report_the_webhook_backlog(stack: Any, wh: Any, org
     pending = families["orderflow_webhook_deliveries_pending"].samples[0].value
     assert oldest >= 0 and pending >= 1
     assert families["orderflow_webhook_fanout_age_seconds"].samples[0].value < 60
+
+
+@pytest.mark.stack
+def test_exporter_serves_delivery_counts_and_attempt_latency(stack: Any, wh: Any, org: str) -> None:
+    from redis import Redis
+
+    from orderflow_ingest import metrics
+    from orderflow_ingest.ops.exporter import make_collector
+
+    receiver = Receiver()
+    redis_client = Redis.from_url(wh.redis_url)
+    metrics.configure(redis_client, flush_interval=None, host=wh.metrics_host)
+    try:
+        add_endpoint(wh, org, receiver.url())
+        record_events(wh, org)
+        with running_dispatcher(wh):
+            wait_for(lambda: receiver.requests, 30, "the webhook")
+            wait_for(metrics.flush, 30, "a metrics flush")
+        collector = make_collector(wh)
+        try:
+            families = {family.name: family for family in collector.collect()}
+        finally:
+            collector._sources.database.close()
+            collector._sources.redis().close()
+    finally:
+        metrics.flush()
+        metrics.configure(None, flush_interval=None)
+        redis_client.close()
+        receiver.close()
+    delivered = [
+        sample.value
+        for sample in families["orderflow_webhook_deliveries"].samples
+        if sample.labels.get("outcome") == "delivered"
+    ]
+    assert delivered and delivered[0] >= 1
+    assert any(
+        sample.name == "orderflow_webhook_attempt_seconds_count" and sample.value >= 1
+        for sample in families["orderflow_webhook_attempt_seconds"].samples
+    )
