@@ -116,7 +116,7 @@ def pdf(marker: str) -> bytes:
 
 
 def test_item2_same_message_id_different_content_is_kept_as_conflict(
-    mx2: Any, stack: Any, db: Any, redis_conn: Any
+    mx2: Any, stack: Any, db: Any, redis_conn: Any, s3: Any
 ) -> None:
     message_id = f"<po-{uuid.uuid4().hex}@erp.customer.example>"
     first = order_email(
@@ -135,6 +135,14 @@ def test_item2_same_message_id_different_content_is_kept_as_conflict(
     assert conflict["conflict_of"] == original["id"]
     assert conflict["content_sha256"] != original["content_sha256"]
     assert conflict["raw_storage_key"] != original["raw_storage_key"]
+    # What our hosts prepend, and the content hash leaves out: pipe(8)'s Return-Path (flag
+    # R), Postfix's Received line, the milter's Authentication-Results (our authserv-id).
+    raw = s3.get_object(Bucket=stack.settings.s3_bucket, Key=conflict["raw_storage_key"])
+    head = raw["Body"].read().split(b"\n\n", 1)[0]
+    assert head.startswith(b"Return-Path: <buyer@customer.example>\nReceived: from ")
+    assert b"by mx2.orderflow.test (Postfix)" in head
+    assert b"\nAuthentication-Results: orderflow.test;" in head
+    assert second.replace(b"\r\n", b"\n").split(b"\n\n", 1)[0] in head
     # Both extracted: each its own job and its own documents.
     assert documents_of(db, original["id"]) == ["PO-1.pdf"]
     assert documents_of(db, conflict["id"]) == ["PO-2.pdf"]
