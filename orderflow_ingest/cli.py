@@ -242,3 +242,9 @@ app.command("webhook-dispatcher")(_webhook_dispatcher)
 from orderflow_ingest.api.command import register as _register_api  # noqa: E402
 
 _register_api(app)
+
+# Data lifecycle (orderflow_ingest/lifecycle/command.py): purge, verify-storage,
+# org retention, org delete.
+from orderflow_ingest.lifecycle.command import register as _register_lifecycle  # noqa: E402
+
+_register_lifecycle(app, org_app)

@@ -29,10 +29,35 @@ def add_org(conn: Conn, slug: str, name: str) -> dict[str, Any]:
 
 
 def set_org_status(conn: Conn, slug: str, status: str) -> dict[str, Any] | None:
+    """Enable or disable an org; a deleted org (a tombstone) is never enabled again."""
     return conn.execute(
-        f"UPDATE org SET status = %s, updated_at = now() WHERE slug = %s RETURNING {ORG_COLUMNS}",
+        f"UPDATE org SET status = %s, updated_at = now()"
+        f" WHERE slug = %s AND deleted_at IS NULL RETURNING {ORG_COLUMNS}",
         (status, slug),
     ).fetchone()
+
+
+def org_lifecycle(conn: Conn, slug: str) -> dict[str, Any] | None:
+    """An org with its retention and tombstone (`org retention`, `org delete`, `purge --org`)."""
+    return conn.execute(
+        f"SELECT {ORG_COLUMNS}, retention_days, deleted_at FROM org WHERE slug = %s", (slug,)
+    ).fetchone()
+
+
+def set_retention(conn: Conn, org_id: str, days: int | None) -> None:
+    """Days this org's messages are kept (None: the global default, 0: forever)."""
+    conn.execute(
+        "UPDATE org SET retention_days = %s, updated_at = now() WHERE id = %s", (days, org_id)
+    )
+
+
+def tombstone(conn: Conn, org_id: str) -> None:
+    """Mark an org deleted: disabled for good, its id kept for the events that name it."""
+    conn.execute(
+        "UPDATE org SET status = 'disabled', deleted_at = coalesce(deleted_at, now()),"
+        " updated_at = now() WHERE id = %s",
+        (org_id,),
+    )
 
 
 def list_orgs(conn: Conn) -> list[dict[str, Any]]:

@@ -402,6 +402,14 @@ SETTINGS: tuple[Setting, ...] = (
         "30",
         "Days events are kept; `events prune` (a daily timer) deletes older ones.",
     ),
+    # Data lifecycle (orderflow_ingest/lifecycle, docs/operations.md "Retention and deletion").
+    Setting(
+        "ORDERFLOW_RETENTION_DAYS",
+        _at_least(0),
+        "0",
+        "Days messages, documents and their objects are kept for orgs without their own"
+        " retention (`org retention`); `purge` (a daily timer) deletes older ones. 0: forever.",
+    ),
     Setting(
         "ORDERFLOW_API_LISTEN",
         _host_port,
