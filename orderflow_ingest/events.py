@@ -83,7 +83,7 @@ def read(
     after: str | None,
     *,
     org_ids: Sequence[UUID | str] | None,
-    types: Sequence[str] | None,
+    types: Sequence[str] | None = None,
     limit: int,
 ) -> tuple[list[dict[str, Any]], str]:
     """Events after `after` (None: from the oldest kept), oldest first, at most `limit`.

@@ -189,14 +189,16 @@ def authenticate(conn: Conn, secret: str, client_ip: str | None) -> Principal | 
     """
     if not well_formed(secret):
         return None
+    # Only orgs that still exist count: a deleted org's tombstone (sql/007) scopes nothing.
     row = conn.execute(
-        "SELECT id::text AS id, name, org_ids::text[] AS org_ids, permissions,"
-        " allowed_ips::text[] AS allowed_ips FROM api_key"
-        " WHERE secret_sha256 = %s AND revoked_at IS NULL"
-        " AND (expires_at IS NULL OR expires_at > now())",
+        "SELECT k.id::text AS id, k.name, k.permissions, k.allowed_ips::text[] AS allowed_ips,"
+        " ARRAY(SELECT o.id::text FROM org o WHERE o.id = ANY(k.org_ids)"
+        "       AND o.deleted_at IS NULL ORDER BY o.id) AS org_ids"
+        " FROM api_key k WHERE k.secret_sha256 = %s AND k.revoked_at IS NULL"
+        " AND (k.expires_at IS NULL OR k.expires_at > now())",
         (secret_hash(secret),),
     ).fetchone()
-    if row is None:
+    if row is None or not row["org_ids"]:
         return None
     if row["allowed_ips"] is not None:
         try:

@@ -105,3 +105,18 @@ def test_events_prune_runs_as_the_runtime_role(stack: Any) -> None:
     assert result.returncode == 0, result.stderr
     assert result.stdout.startswith("pruned ") and "older than 30 days" in result.stdout
     assert cli(stack, "events", "prune", "--days", "0").returncode == 2
+
+
+def test_a_key_of_a_deleted_org_opens_nothing(stack: Any, db: Any, settings: Any) -> None:
+    import psycopg
+
+    slug = f"gone-{uuid.uuid4().hex[:8]}"
+    db.execute("INSERT INTO org (slug, name) VALUES (%s, %s)", (slug, slug))
+    code, created = cli_json(stack, "key", "create", "k", "--org", slug, "-p", "raw:read")
+    assert code == 0
+    assert keys.authenticate(db, created["secret"], "127.0.0.1") is not None
+    with psycopg.connect(settings.migrate_url, autocommit=True) as owner:
+        owner.execute(
+            "UPDATE org SET status = 'disabled', deleted_at = now() WHERE slug = %s", (slug,)
+        )
+    assert keys.authenticate(db, created["secret"], "127.0.0.1") is None
