@@ -326,8 +326,10 @@ class Stack:
         self.ctx.allocate_ports("s3", ("s3",))
         self._write_env_file()
         # The delivery service reads Postfix's limits (postconf) when it starts, which may be
-        # before Postfix's own start gets to it: the configuration exists from here on.
-        self.postfix.render()
+        # before Postfix's own start gets to it: the configuration exists from here on. (A
+        # running Postfix keeps its configuration and its port.)
+        if not self.postfix.running():
+            self.postfix.render()
 
     def migrate_values(self) -> dict[str, str]:
         """What migrate.env holds: the schema owner's URL, kept out of the services' file."""
