@@ -276,3 +276,27 @@ def test_two_dispatchers_share_the_work_without_duplicates(
     with running_dispatcher(wh), running_dispatcher(wh):
         wait_for(lambda: len(receiver.requests) >= 60, 60, "60 webhooks")
     assert sorted(receiver.ids()) == sorted(f"evt_{n}" for n in made)
+
+
+def test_a_hanging_receiver_does_not_hold_up_another_orgs_webhooks(
+    stack: Any, org: str, receiver: Receiver
+) -> None:
+    settings = webhook_settings(stack, webhook_timeout="30")
+    receiver.hold.clear()  # org 1's receiver takes every request and never answers
+    other_org = new_org(settings)
+    other = Receiver()
+    try:
+        add_endpoint(settings, org, receiver.url())
+        add_endpoint(settings, other_org, other.url())
+        record_events(settings, org, 20)
+        with running_dispatcher(settings):
+            wait_for(lambda: len(receiver.requests) >= 2, 30, "the hanging receiver's requests")
+            made = record_events(settings, other_org, 5)
+            # Without a per-endpoint limit all four threads would sit on the hanging
+            # receiver for its 30 s timeout before org 2 got anything.
+            wait_for(lambda: set(other.ids()) >= {f"evt_{n}" for n in made}, 20, "org 2's webhooks")
+            assert len(receiver.requests) <= 2  # per_endpoint = concurrency 4 // 2
+            receiver.hold.set()
+    finally:
+        other.close()
+        drop_endpoints(settings, other_org)

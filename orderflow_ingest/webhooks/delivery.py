@@ -13,6 +13,7 @@ from __future__ import annotations
 import logging
 import random
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -67,6 +68,7 @@ WHERE d.id = (
     SELECT d2.id FROM webhook_delivery d2 JOIN webhook_endpoint e2 ON e2.id = d2.endpoint_id
     WHERE d2.status = 'pending' AND d2.next_attempt_at <= now()
       AND e2.enabled AND e2.deleted_at IS NULL
+      AND NOT (d2.endpoint_id = ANY(%s::uuid[]))
     ORDER BY d2.next_attempt_at
     LIMIT 1
     FOR UPDATE OF d2 SKIP LOCKED)
@@ -109,10 +111,13 @@ RETURNING failing_since <= now() - make_interval(secs => %s) AS failing_too_long
 """
 
 
-def claim(conn: Conn, config: DeliveryConfig) -> dict[str, Any] | None:
-    """One due delivery, leased to this dispatcher (committed), or None."""
+def claim(
+    conn: Conn, config: DeliveryConfig, busy_endpoints: Sequence[str] = ()
+) -> dict[str, Any] | None:
+    """One due delivery, leased to this dispatcher (committed), or None. Endpoints in
+    `busy_endpoints` are skipped: one slow receiver must not hold every thread."""
     with conn.transaction():
-        return conn.execute(CLAIM, (config.lease_seconds,)).fetchone()
+        return conn.execute(CLAIM, (config.lease_seconds, list(busy_endpoints))).fetchone()
 
 
 def attempt(claimed: dict[str, Any], config: DeliveryConfig) -> AttemptResult:

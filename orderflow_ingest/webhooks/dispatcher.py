@@ -13,6 +13,7 @@ import faulthandler
 import logging
 import signal
 import threading
+from collections import Counter
 from collections.abc import Callable
 from typing import Any
 
@@ -33,6 +34,11 @@ class Dispatcher:
         self.config = config or delivery.DeliveryConfig.from_settings(settings)
         self.concurrency = max(1, int(settings.webhook_concurrency))
         self.poll_interval = max(0.01, float(settings.webhook_poll_interval))
+        # At most this many of our threads on one endpoint: a receiver that hangs until the
+        # timeout slows its own deliveries, not every other org's.
+        self.per_endpoint = max(1, self.concurrency // 2)
+        self._in_flight: Counter[str] = Counter()
+        self._lock = threading.Lock()
         self.stopping = threading.Event()
         self._wake = threading.Event()
         self._pool = db.make_pool(settings, self.concurrency + 1, "webhook-dispatcher")
@@ -67,7 +73,23 @@ class Dispatcher:
 
     def _deliver(self) -> bool:
         with self._pool.connection() as conn:
-            return delivery.deliver_one(conn, self.config) is not None
+            # Claims are quick; taking them one at a time keeps the per-endpoint count exact.
+            with self._lock:
+                busy = [e for e, n in self._in_flight.items() if n >= self.per_endpoint]
+                claimed = delivery.claim(conn, self.config, busy)
+                if claimed is None:
+                    return False
+                endpoint = claimed["endpoint_id"]
+                self._in_flight[endpoint] += 1
+            try:
+                result = delivery.attempt(claimed, self.config)
+                delivery.record(conn, claimed, result, self.config)
+            finally:
+                with self._lock:
+                    self._in_flight[endpoint] -= 1
+                    if self._in_flight[endpoint] <= 0:
+                        del self._in_flight[endpoint]
+        return True
 
     def _deliver_loop(self) -> None:
         self._loop("deliver", self._deliver)
