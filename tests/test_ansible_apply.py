@@ -92,6 +92,8 @@ UNIT_FILES = (
     "orderflow-ingest-api.service",
     "orderflow-ingest-events-prune.service",
     "orderflow-ingest-events-prune.timer",
+    "orderflow-ingest-purge.service",
+    "orderflow-ingest-purge.timer",
 )
 SNAPSHOT_IGNORE = shutil.ignore_patterns(
     ".git",
