@@ -131,3 +131,21 @@ def test_retry_after_parses_seconds_and_http_dates() -> None:
     assert schedule.parse_retry_after("Mon, 01 Jan 2001 00:00:00 GMT", now) == 0
     assert schedule.parse_retry_after("soon") is None
     assert schedule.parse_retry_after(None) is None
+
+
+def test_an_attempt_that_cannot_even_sign_is_a_failed_attempt_not_a_crash() -> None:
+    from orderflow_ingest.webhooks.delivery import DeliveryConfig, attempt
+    from orderflow_ingest.webhooks.ssrf import AddressPolicy
+
+    config = DeliveryConfig(AddressPolicy(["127.0.0.1/32"]), False, (1.0,), 0, 60, 60, 1, 2)
+    claimed = {
+        "id": "d-1",
+        "url": "http://127.0.0.1:9/hook",
+        "payload": "{}",
+        "secret": "whsec_not-base64!",
+        "previous_secret": None,
+        "webhook_id": "evt_1",
+    }
+    result = attempt(claimed, config)
+    assert result.status is None
+    assert result.error == "internal error: Error"  # binascii.Error from the bad secret

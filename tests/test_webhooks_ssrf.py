@@ -125,3 +125,18 @@ def test_malformed_or_plain_http_urls_are_refused(url: str, reason: str) -> None
 def test_unresolvable_names_are_refused() -> None:
     with pytest.raises(Refused, match="cannot resolve"):
         AddressPolicy().vet("https://no-such-host.invalid/")
+
+
+def test_internationalised_names_are_resolved_as_their_a_label() -> None:
+    policy = AddressPolicy(resolver=fixed({"xn--bcher-kva.example": ["93.184.215.14"]}))
+    assert policy.vet("https://bücher.example/in").host == "xn--bcher-kva.example"
+    with pytest.raises(Refused, match="internationalised"):
+        policy.vet("https://ü" + "a" * 70 + ".example/")
+
+
+def test_a_resolver_error_of_any_kind_is_a_refusal() -> None:
+    def broken(host: str, port: int) -> list[str]:
+        raise UnicodeError("label empty or too long")
+
+    with pytest.raises(Refused, match="cannot resolve"):
+        AddressPolicy(resolver=broken).vet("https://hooks.example.com/")

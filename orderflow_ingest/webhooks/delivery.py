@@ -121,8 +121,22 @@ def claim(
 
 
 def attempt(claimed: dict[str, Any], config: DeliveryConfig) -> AttemptResult:
-    """Vet the URL again (DNS may have changed since registration), sign and POST."""
+    """Vet the URL again (DNS may have changed since registration), sign and POST. Never
+    raises: whatever goes wrong is a failed attempt, recorded and retried."""
     started = time.monotonic()
+    try:
+        return _attempt(claimed, config, started)
+    except Exception as error:
+        log_event(
+            "webhook.attempt_crashed", logging.ERROR, exc_info=True, delivery_id=claimed["id"]
+        )
+        return AttemptResult(
+            None, time.monotonic() - started, "", f"internal error: {type(error).__name__}",
+            None, None,
+        )  # fmt: skip
+
+
+def _attempt(claimed: dict[str, Any], config: DeliveryConfig, started: float) -> AttemptResult:
     try:
         target = config.policy.vet(claimed["url"], config.require_https)
     except Refused as error:

@@ -118,7 +118,7 @@ class AddressPolicy:
         scheme, host, port, path = parse_url(url, require_https)
         try:
             addresses = self._resolve(host, port)
-        except OSError:
+        except (OSError, UnicodeError, ValueError):
             raise Refused(f"cannot resolve {host}") from None
         if not addresses:
             raise Refused(f"{host} has no address")
@@ -151,6 +151,11 @@ def parse_url(url: str, require_https: bool = True) -> tuple[str, str, int, str]
     host = (parts.hostname or "").rstrip(".")
     if not host:
         raise Refused("the URL has no host")
+    if not host.isascii():
+        try:
+            host = host.encode("idna").decode("ascii")  # an IDN is resolved as its A-label
+        except UnicodeError:
+            raise Refused("the host name is not a valid internationalised name") from None
     path = parts.path or "/"
     if parts.query:
         path += "?" + parts.query
