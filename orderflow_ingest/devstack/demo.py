@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from orderflow_ingest.db import connect
+from orderflow_ingest.devstack import demo_product
 from orderflow_ingest.devstack.stack import Stack, StackOptions
 from orderflow_ingest.queue import attachment_job_id, fetch_job, make_redis
 from orderflow_ingest.storage import make_client
@@ -97,9 +98,19 @@ def main() -> int:
     base_dir = Path(os.environ.get("ORDERFLOW_DEV_DIR", ".devstack")).resolve()
     heading(f"starting the local stack in {base_dir}")
     stack = Stack(base_dir, StackOptions(ingest_domain=DEMO_DOMAIN, milter=True)).up()
-    settings = stack.settings
     recipient = f"orders+acme@{DEMO_DOMAIN}"
     msg = order_email(recipient)
+    logs = base_dir / "logs"
+    heading("an API key and a webhook endpoint for org acme; the API and the dispatcher")
+    product = demo_product.start(stack, "acme", logs)
+    try:
+        return _run(stack, base_dir, msg, recipient, product)
+    finally:
+        product.stop()
+
+
+def _run(stack: Stack, base_dir: Path, msg: EmailMessage, recipient: str, product: Any) -> int:
+    settings = stack.settings
 
     heading(
         f"sending {msg['Subject']!r} with PO-4711.pdf to {recipient} via SMTP "
@@ -149,7 +160,9 @@ def main() -> int:
         extract = fetch_job(redis, f"extract-document-{document['id']}")
         print(f"{extract.id}: {extract.func_name}{extract.args}  queue={extract.origin}")
 
-    heading("the stack is still running")
+    demo_product.show(product, parsed, heading)
+
+    heading("the stack is still running (the demo's API and dispatcher stop now)")
     print(f'  eval "$({sys.prefix}/bin/orderflow-ingest dev env --dir {base_dir})"')
     print(f"  {sys.prefix}/bin/orderflow-ingest dev down --dir {base_dir}")
     return 0
