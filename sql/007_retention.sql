@@ -25,6 +25,7 @@ CREATE INDEX idx_inbound_status_received ON inbound_message (status, received_at
   WHERE status IN ('PARSED', 'FAILED');
 
 -- Reprocessing a message that is being purged would send a worker after a deleted raw object.
+-- Parameters are qualified with the function's name wherever a column could share their name.
 CREATE OR REPLACE FUNCTION orderflow_reprocess(message_id uuid, reason text) RETURNS boolean
 LANGUAGE plpgsql SECURITY DEFINER
 SET search_path = pg_catalog, public, pg_temp
@@ -36,7 +37,7 @@ BEGIN
   UPDATE public.inbound_message m
      SET status = 'STORED',
          error_json = jsonb_build_object('reprocess', left(reason, 500), 'previous', m.error_json)
-   WHERE m.id = message_id
+   WHERE m.id = orderflow_reprocess.message_id
      AND m.status IN ('PARSED', 'FAILED')
      AND m.raw_storage_key IS NOT NULL
      AND m.purge_started_at IS NULL;
@@ -55,6 +56,8 @@ LANGUAGE plpgsql SECURITY DEFINER
 SET search_path = pg_catalog, public, pg_temp
 AS $$
 DECLARE
+  -- The parameter under a name no column has (inbound_message may get a message_id column).
+  target uuid := orderflow_purge_message.message_id;
   victim record;
   documents bigint;
   document_bytes bigint;
@@ -65,7 +68,7 @@ BEGIN
   END IF;
   SELECT m.id, m.org_id, m.trace_id, m.status, m.size_bytes, m.received_at INTO victim
     FROM public.inbound_message m
-   WHERE m.id = message_id
+   WHERE m.id = target
      AND m.status IN ('PARSED', 'FAILED')
      AND m.purge_started_at IS NOT NULL
      FOR UPDATE;
@@ -73,17 +76,17 @@ BEGIN
     RETURN false;
   END IF;
   SELECT count(*), coalesce(sum(d.size_bytes), 0) INTO documents, document_bytes
-    FROM public.document d WHERE d.inbound_message_id = message_id;
-  DELETE FROM public.document WHERE inbound_message_id = message_id;
-  DELETE FROM public.inbound_message_part WHERE inbound_message_id = message_id;
-  DELETE FROM public.webhook_message_sequence WHERE inbound_message_id = message_id;
+    FROM public.document d WHERE d.inbound_message_id = target;
+  DELETE FROM public.document WHERE inbound_message_id = target;
+  DELETE FROM public.inbound_message_part WHERE inbound_message_id = target;
+  DELETE FROM public.webhook_message_sequence WHERE inbound_message_id = target;
   -- A later message with the same Message-ID but other content links to this one; the link
   -- goes, the conflict itself stays in the event log.
-  UPDATE public.inbound_message SET conflict_of = NULL WHERE conflict_of = message_id;
-  DELETE FROM public.inbound_message WHERE id = message_id;
+  UPDATE public.inbound_message SET conflict_of = NULL WHERE conflict_of = target;
+  DELETE FROM public.inbound_message WHERE id = target;
   -- Ids and counts only: the event may outlive the message by the event retention.
   INSERT INTO public.event (type, org_id, trace_id, inbound_message_id, data)
-  VALUES ('message.purged', victim.org_id, victim.trace_id, message_id,
+  VALUES ('message.purged', victim.org_id, victim.trace_id, victim.id,
           jsonb_build_object('reason', left(reason, 200), 'status', victim.status,
                              'received_at', victim.received_at, 'documents', documents,
                              'bytes', coalesce(victim.size_bytes, 0) + document_bytes));

@@ -181,3 +181,17 @@ def test_runtime_role_deletes_rows_only_through_the_purge_function_and_only_when
         " 'EXECUTE') AS ok"
     ).fetchone()
     assert public["ok"] is False
+
+
+def test_a_negative_retention_setting_stops_the_program_naming_it() -> None:
+    from orderflow_ingest.settings import SettingsError, load_settings
+
+    base = {
+        "ORDERFLOW_DATABASE_URL": "postgresql://x@127.0.0.1/x",
+        "ORDERFLOW_REDIS_URL": "redis://127.0.0.1:1/0",
+        "ORDERFLOW_S3_BUCKET": "b",
+        "ORDERFLOW_INGEST_DOMAINS": "orderflow.test",
+    }
+    assert load_settings("/dev/null", base).retention_days == 0
+    with pytest.raises(SettingsError, match="ORDERFLOW_RETENTION_DAYS"):
+        load_settings("/dev/null", {**base, "ORDERFLOW_RETENTION_DAYS": "-1"})
