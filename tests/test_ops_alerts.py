@@ -53,6 +53,7 @@ SCRAPE_TIME_NAMES = {
     "orderflow_ingest_lag_seconds",
     "orderflow_disk_free_bytes",
     "orderflow_disk_size_bytes",
+    "orderflow_tls_certificate_expiry_seconds",
     # orderflow_ingest/webhooks/gauges.py
     "orderflow_webhook_oldest_undelivered_seconds",
     "orderflow_webhook_deliveries_pending",

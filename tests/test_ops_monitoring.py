@@ -105,3 +105,18 @@ def test_an_unreachable_bucket_is_backend_down(stack: Any) -> None:
         assert value(samples, "orderflow_exporter_backend_up", backend="redis") == 1
     finally:
         exporter.stop()
+
+
+def test_the_smtpd_certificate_expiry_is_exported(stack: Any) -> None:
+    """doctor warns before expiry; the alert needs the same fact as a gauge."""
+    from orderflow_ingest.ops.collector import postconf_value
+
+    cert = postconf_value(str(stack.postfix_config_dir), "smtpd_tls_cert_file")
+    exporter = _exporter(stack, "")
+    try:
+        samples, _ = exporter.scrape()
+    finally:
+        exporter.stop()
+    assert value(samples, "orderflow_exporter_backend_up", backend="tls") == 1
+    left = value(samples, "orderflow_tls_certificate_expiry_seconds", path=cert)
+    assert 0 < left <= 3660 * 86400  # the devstack's self-signed certificate is fresh

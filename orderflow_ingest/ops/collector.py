@@ -20,6 +20,7 @@ import time
 from collections.abc import Callable, Iterable, Iterator
 from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 from prometheus_client.core import (
@@ -347,16 +348,36 @@ class TimedCache:
             return self._value
 
 
-def postfix_queue_directory(config_dir: str) -> str:
-    """queue_directory of the Postfix instance (where its queue's disk space goes)."""
+def postconf_value(config_dir: str, name: str) -> str:
+    """One main.cf value of the Postfix instance, as Postfix itself resolves it."""
     result = subprocess.run(
-        ["postconf", "-c", config_dir, "-h", "queue_directory"],
+        ["postconf", "-c", config_dir, "-h", name],
         capture_output=True,
         text=True,
         timeout=SOURCE_TIMEOUT,
         check=True,
     )
     return result.stdout.strip()
+
+
+def postfix_queue_directory(config_dir: str) -> str:
+    """queue_directory of the Postfix instance (where its queue's disk space goes)."""
+    return postconf_value(config_dir, "queue_directory")
+
+
+def certificate_families(path: str, now: float | None = None) -> list[Metric]:
+    """Seconds until the smtpd certificate expires (negative once it has)."""
+    from orderflow_ingest.ops.mx_checks import certificate_facts
+
+    facts = certificate_facts(Path(path))
+    expiry = GaugeMetricFamily(
+        "orderflow_tls_certificate_expiry_seconds",
+        "Seconds until Postfix's smtpd certificate (smtpd_tls_cert_file) expires.",
+        labels=["path"],
+    )
+    now = time.time() if now is None else now
+    expiry.add_metric([path], facts.not_after.timestamp() - now)
+    return [expiry]
 
 
 @dataclass
@@ -378,6 +399,8 @@ class Sources:
     # service (read from /proc/net/unix: connecting would count as a delivery or a milter
     # session, and the exporter's user may not be allowed to connect to the milter).
     listeners: dict[str, str] = field(default_factory=dict)
+    # The smtpd certificate's path (postconf smtpd_tls_cert_file); None: no Postfix here.
+    certificate: Callable[[], str] | None = None
 
 
 class OrderflowCollector(Collector):
@@ -446,6 +469,9 @@ class OrderflowCollector(Collector):
         families += self._run("disk", self._disks, up)
         if sources.s3_probe is not None:
             families += self._run("s3", self._s3, up)
+        if sources.certificate is not None:
+            certificate = sources.certificate
+            families += self._run("tls", lambda: certificate_families(certificate()), up)
         for backend, path in sources.listeners.items():
             families += self._run(backend, lambda path=path: self._listening(path), up)  # type: ignore[misc]
         backend_up = GaugeMetricFamily(

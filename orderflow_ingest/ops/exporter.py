@@ -29,6 +29,7 @@ from orderflow_ingest.ops.collector import (
     OrderflowCollector,
     Sources,
     TimedCache,
+    postconf_value,
     postfix_queue_directory,
 )
 from orderflow_ingest.settings import Settings
@@ -135,7 +136,11 @@ def make_collector(settings: Settings, postfix_cache_seconds: float | None = Non
             lambda: postfix_queue_directory(config_dir), QUEUE_DIRECTORY_CACHE_SECONDS
         )
         disk_paths["postfix_queue"] = queue_dir.get
+        certificate: Callable[[], str] | None = TimedCache(
+            lambda: postconf_value(config_dir, "smtpd_tls_cert_file"), QUEUE_DIRECTORY_CACHE_SECONDS
+        ).get
     else:
+        certificate = None
         log_event("exporter.no_postfix", logging.WARNING, postfix_config_dir=config_dir)
     sources = Sources(
         redis=lambda: redis_client,
@@ -145,6 +150,7 @@ def make_collector(settings: Settings, postfix_cache_seconds: float | None = Non
         disk_paths=disk_paths,
         metrics_host=settings.metrics_host,
         s3_probe=_s3_probe(settings),
+        certificate=certificate,
         listeners=(
             {"milter": settings.milter_socket, "deliver_service": settings.deliver_socket}
             if has_postfix
