@@ -11,11 +11,25 @@ from orderflow_ingest.cli_support import ConfigOption, JsonOption, fail, setting
 
 # Exit code when a backend failed under us (EX_TEMPFAIL): the timer's next run retries.
 EX_TEMPFAIL = 75
+BATCH_STATEMENT_TIMEOUT = 300.0
 
 OrgOption = Annotated[str | None, typer.Option("--org", help="Only this org (slug).")]
 DryRunOption = Annotated[
     bool, typer.Option("--dry-run", help="Print what would be deleted; change nothing.")
 ]
+
+
+def _connect_batch(settings: Any) -> Any:
+    """A connection for the batch commands: connecting fails as fast as anywhere, but their
+    selections scan every terminal message, which on a large table takes longer than one
+    delivery's ORDERFLOW_BACKEND_TIMEOUT, so statements get BATCH_STATEMENT_TIMEOUT."""
+    from orderflow_ingest.db import connect
+
+    conn = connect(settings.database_url, timeout=settings.backend_timeout)
+    seconds = max(float(settings.backend_timeout), BATCH_STATEMENT_TIMEOUT)
+    conn.execute("SELECT set_config('statement_timeout', %s, false)", (f"{int(seconds)}s",))
+    conn.commit()
+    return conn
 
 
 def _human(size: int) -> str:
@@ -76,7 +90,6 @@ def purge(
 
     import psycopg
 
-    from orderflow_ingest.db import connect
     from orderflow_ingest.lifecycle.purge import Selection, plan
     from orderflow_ingest.lifecycle.purge import purge as run_purge
     from orderflow_ingest.ops.timeparse import parse_duration
@@ -92,7 +105,7 @@ def purge(
         if age < timedelta(hours=1):
             fail("--older-than must be at least 1h (messages still arriving are never purged)", 2)
     try:
-        with connect(settings.database_url, timeout=settings.backend_timeout) as conn:
+        with _connect_batch(settings) as conn:
             org_id = _org_or_exit(conn, org)["id"] if org else None
             selection = Selection(
                 org_id=org_id, older_than=age, default_days=settings.retention_days
@@ -126,13 +139,12 @@ def verify_storage(
     """
     from botocore.exceptions import BotoCoreError, ClientError
 
-    from orderflow_ingest.db import connect
     from orderflow_ingest.lifecycle.verify import verify
     from orderflow_ingest.storage import make_client
 
     settings = settings_or_exit(config)
     try:
-        with connect(settings.database_url, timeout=settings.backend_timeout) as conn:
+        with _connect_batch(settings) as conn:
             org_id = _org_or_exit(conn, org)["id"] if org else None
             report = verify(
                 conn, make_client(settings), settings.s3_bucket, org_id=org_id, full=not quick
@@ -216,12 +228,11 @@ def org_delete(
     RECEIVED or STORED (still being delivered or extracted) unless --force. Records
     org.deleted. Example: orderflow-ingest org delete acme --dry-run
     """
-    from orderflow_ingest.db import connect
     from orderflow_ingest.lifecycle import orgdelete
     from orderflow_ingest.storage import make_client
 
     settings = settings_or_exit(config)
-    with connect(settings.database_url, timeout=settings.backend_timeout) as conn:
+    with _connect_batch(settings) as conn:
         org = _org_or_exit(conn, slug)
         if org["deleted_at"] is not None and not dry_run and not force:
             fail(f"org {slug} was deleted already (run `purge --org {slug}` to finish a purge)")
