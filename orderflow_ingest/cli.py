@@ -248,3 +248,8 @@ _register_api(app)
 from orderflow_ingest.lifecycle.command import register as _register_lifecycle  # noqa: E402
 
 _register_lifecycle(app, org_app)
+
+# Web inbox users (orderflow_ingest/inbox/command.py): user add|list|disable|link.
+from orderflow_ingest.inbox.command import register as _register_inbox  # noqa: E402
+
+_register_inbox(app)

@@ -97,6 +97,24 @@ def _link_ttl(value: str) -> int:
     return seconds
 
 
+def _smtp_url(value: str) -> str:
+    """Empty, or smtp://host:port (a relay of its own for the inbox's sign-in mail)."""
+    if not value:
+        return value
+    scheme, sep, rest = value.partition("://")
+    if scheme != "smtp" or not sep:
+        raise ValueError("expected smtp://host:port")
+    _host_port(rest.rstrip("/"))
+    return value
+
+
+def _inbox_link_ttl(value: str) -> int:
+    seconds = int(value)
+    if not 60 <= seconds <= 900:
+        raise ValueError("must be between 60 and 900 seconds (sign-in links are short-lived)")
+    return seconds
+
+
 def is_loopback_listen(value: str) -> bool:
     host = value.rpartition(":")[0].strip("[]")
     return host in ("::1", "localhost") or host.startswith("127.")
@@ -427,6 +445,45 @@ SETTINGS: tuple[Setting, ...] = (
         _link_ttl,
         "300",
         "Seconds a signed raw/document download link stays valid (at most 600).",
+    ),
+    # The web inbox (orderflow_ingest/inbox, README "Web inbox"), served by `api` under /inbox.
+    Setting(
+        "ORDERFLOW_INBOX_PUBLIC_URL",
+        _text,
+        "",
+        "The inbox's URL as users reach it (https://host/inbox), for sign-in links; empty means"
+        " http://ORDERFLOW_API_LISTEN/inbox. Never taken from a request's Host header.",
+    ),
+    Setting(
+        "ORDERFLOW_INBOX_SMTP_URL",
+        _smtp_url,
+        "",
+        "smtp://host:port of the relay that sends sign-in links: a channel of its own, never the"
+        " ingest Postfix. Empty: no link is sent (the request page still answers the same).",
+    ),
+    Setting(
+        "ORDERFLOW_INBOX_MAIL_FROM",
+        _text,
+        "orderflow-inbox@localhost",
+        "From address of sign-in link emails.",
+    ),
+    Setting(
+        "ORDERFLOW_INBOX_LINK_TTL",
+        _inbox_link_ttl,
+        "900",
+        "Seconds a sign-in link stays valid (60 to 900).",
+    ),
+    Setting(
+        "ORDERFLOW_INBOX_SESSION_HOURS",
+        _at_least(1),
+        "12",
+        "Hours a sign-in session lasts.",
+    ),
+    Setting(
+        "ORDERFLOW_INBOX_COOKIE_SECURE",
+        _bool,
+        "true",
+        "Mark the session cookie Secure (HTTPS only); false only for a plain-HTTP dev stack.",
     ),
     # Operations.
     Setting(

@@ -68,3 +68,12 @@ GRANT SELECT, INSERT, UPDATE ON webhook_message_sequence TO {runtime};
 -- messages the caller marked purge_started_at first); org rows are tombstoned by UPDATE above.
 GRANT EXECUTE ON FUNCTION orderflow_purge_message(uuid, text) TO {runtime};
 
+-- 008_inbox_users
+-- `user add|disable` (CLI) and sign-in's last_sign_in_at; users are disabled, never deleted.
+GRANT SELECT, INSERT, UPDATE ON inbox_user TO {runtime};
+-- `user add --org slug:role` sets a role (upsert); no DELETE (a role change is an UPDATE).
+GRANT SELECT, INSERT, UPDATE ON inbox_membership TO {runtime};
+-- Sign-in links: inserted hashed, marked used once; expired rows stay (small, no secret).
+GRANT SELECT, INSERT, UPDATE ON inbox_login_token TO {runtime};
+-- Sessions: created at sign-in, revoked at sign-out (UPDATE), never deleted.
+GRANT SELECT, INSERT, UPDATE ON inbox_session TO {runtime};

@@ -56,6 +56,10 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     problems.install(app)
     app.include_router(routes.router)
     _mount_webhooks(app)
+    # The web inbox (README "Web inbox"): same process, same keys.Principal model, /inbox.
+    from orderflow_ingest.inbox.mount import install as install_inbox
+
+    install_inbox(app)
     return app
 
 

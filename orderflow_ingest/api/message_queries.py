@@ -14,7 +14,7 @@ from psycopg import sql
 from orderflow_ingest.db import Conn
 
 SUMMARY = """
-  m.id::text AS id, m.org_id::text AS org_id, m.status, m.source_message_id AS message_id,
+  m.id::text AS id, m.org_id::text AS org_id, m.status, m.message_id,
   m.message_id_synthetic, m.from_email::text AS from_email, m.to_email::text AS to_email,
   m.subject, m.received_at, m.size_bytes, m.sha256, m.trace_id,
   (SELECT count(*) FROM document d WHERE d.inbound_message_id = m.id)::int AS document_count
@@ -31,6 +31,46 @@ class InvalidPageCursor(ValueError):
 
 
 @dataclass(frozen=True)
+class SearchTerm:
+    """One term of the inbox's search language (inbox/search.py parses it): a field, its
+    value (already typed: str, datetime or int) and whether it is negated (`-from:x`)."""
+
+    field: str
+    value: Any = None
+    negate: bool = False
+
+
+# Each search field's condition on inbound_message m; %s is the term's value. Substring
+# matches are case-insensitive. A NULL column never matches (coalesce), negated or not.
+TERM_SQL: dict[str, str] = {
+    "from": "(strpos(lower(m.from_email::text), lower(%s)) > 0"
+    " OR strpos(lower(m.envelope_sender), lower(%s)) > 0)",
+    "to": "(strpos(lower(m.to_email::text), lower(%s)) > 0"
+    " OR strpos(lower(m.envelope_recipient), lower(%s)) > 0)",
+    "subject": "strpos(lower(m.subject), lower(%s)) > 0",
+    "text": "(strpos(lower(m.subject), lower(%s)) > 0"
+    " OR strpos(lower(m.from_email::text), lower(%s)) > 0)",
+    "message-id": "m.message_id IN ('<' || %s || '>', %s)",
+    "status": "m.status = %s",
+    "has:document": "EXISTS (SELECT 1 FROM document d WHERE d.inbound_message_id = m.id)",
+    "filename": "EXISTS (SELECT 1 FROM document d WHERE d.inbound_message_id = m.id"
+    " AND strpos(lower(d.file_name), lower(%s)) > 0)",
+    "after": "m.received_at >= %s",
+    "before": "m.received_at < %s",
+    "larger": "m.size_bytes > %s",
+    "smaller": "m.size_bytes < %s",
+}
+
+
+def _term_condition(term: SearchTerm) -> tuple[sql.Composable, list[Any]]:
+    template = TERM_SQL[term.field]
+    value = term.value.strip().strip("<>") if term.field == "message-id" else term.value
+    params = [value] * template.count("%s")
+    condition = sql.SQL("coalesce(({}), false)").format(sql.SQL(template))
+    return (sql.SQL("NOT {}").format(condition) if term.negate else condition), params
+
+
+@dataclass(frozen=True)
 class MessageFilter:
     statuses: tuple[str, ...] = ()
     received_after: datetime | None = None
@@ -39,6 +79,8 @@ class MessageFilter:
     subject: str | None = None
     message_id: str | None = None
     has_documents: bool | None = None
+    # The inbox's search terms, all of which must hold.
+    terms: tuple[SearchTerm, ...] = ()
 
 
 def encode_page_cursor(received_at: datetime, message_id: str) -> str:
@@ -79,7 +121,7 @@ def list_messages(
         params.append(where.subject)
     if where.message_id:
         bare = where.message_id.strip().strip("<>")
-        conditions.append(sql.SQL("m.source_message_id IN (%s, %s)"))
+        conditions.append(sql.SQL("m.message_id IN (%s, %s)"))
         params.extend([f"<{bare}>", bare])
     if where.has_documents is not None:
         conditions.append(
@@ -88,6 +130,10 @@ def list_messages(
                 + "EXISTS (SELECT 1 FROM document d WHERE d.inbound_message_id = m.id)"
             )
         )
+    for term in where.terms:
+        condition, term_params = _term_condition(term)
+        conditions.append(condition)
+        params.extend(term_params)
     if cursor:
         received_at, last_id = decode_page_cursor(cursor)
         conditions.append(sql.SQL("(m.received_at, m.id) < (%s, %s::uuid)"))
@@ -126,3 +172,16 @@ def get_document(conn: Conn, org_ids: Sequence[str], document_id: str) -> dict[s
         " WHERE id = %s AND org_id = ANY(%s::uuid[])",
         (document_id, list(org_ids)),
     ).fetchone()
+
+
+def conflicts(conn: Conn, org_ids: Sequence[str], message_id: str) -> list[dict[str, Any]]:
+    """Messages of the same org and Message-ID with other content: the first one this one
+    conflicts with, and the later ones that conflict with this one."""
+    return conn.execute(
+        "SELECT o.id::text AS id, o.status, o.received_at, o.conflict_of::text AS conflict_of"
+        " FROM inbound_message m JOIN inbound_message o"
+        " ON o.id = m.conflict_of OR o.conflict_of = m.id"
+        " WHERE m.id = %s AND m.org_id = ANY(%s::uuid[]) AND o.org_id = m.org_id"
+        " ORDER BY o.received_at",
+        (message_id, list(org_ids)),
+    ).fetchall()

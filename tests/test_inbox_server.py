@@ -1,0 +1,373 @@
+"""The web inbox over HTTP, against the real `orderflow-ingest api` process: sign-in by magic
+link, sessions, CSRF, security headers, scoping to the user's orgs, downloads through the API's
+signed links, reprocess by role. (tests/test_inbox_browser.py drives the same in Chromium.)"""
+
+from __future__ import annotations
+
+import hashlib
+import re
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import Any
+
+import httpx
+import psycopg
+import pytest
+from conftest import send_mail
+from inbox_support import (
+    CSRF_FIELD,
+    TOKEN_FIELD,
+    add_user,
+    clear_rate_limits,
+    form_field,
+    inbox_server,
+    sign_in,
+    smtp_sink,
+)
+from ops_support import cli, cli_json, run_worker, wait_status
+from psycopg.rows import dict_row
+from samples import address, minimal_pdf, order_email
+
+pytestmark = pytest.mark.stack
+
+OPERATOR = "ana@acme.test"
+VIEWER = "vic@acme.test"
+GLOBEX = "gus@globex.test"
+
+
+@pytest.fixture(scope="module")
+def world(stack: Any, settings: Any) -> Iterator[dict[str, Any]]:
+    """A parsed order in acme and one in globex, users of each role, the API+inbox running."""
+    acme_msg = order_email(
+        subject="<script>alert(1)</script> PO 7781",
+        attachments=[("PO-7781.pdf", "application/pdf", minimal_pdf())],
+    )
+    globex_msg = order_email(
+        to=address("globex"), attachments=[("PO-9.pdf", "application/pdf", minimal_pdf())]
+    )
+    send_mail(stack, acme_msg, [address("acme")])
+    send_mail(stack, globex_msg, [address("globex")])
+    with psycopg.connect(settings.database_url, autocommit=True, row_factory=dict_row) as db:
+        wait_status(db, acme_msg["Message-ID"], ("STORED",))
+        wait_status(db, globex_msg["Message-ID"], ("STORED",), slug="globex")
+        run_worker(stack)
+        acme = wait_status(db, acme_msg["Message-ID"], ("PARSED",))
+        globex = wait_status(db, globex_msg["Message-ID"], ("PARSED",), slug="globex")
+        docs = {
+            row["inbound_message_id"]: row
+            for row in db.execute(
+                "SELECT id::text AS id, inbound_message_id::text AS inbound_message_id,"
+                " storage_key FROM document WHERE inbound_message_id = ANY(%s::uuid[])",
+                ([str(acme["id"]), str(globex["id"])],),
+            ).fetchall()
+        }
+    add_user(stack, OPERATOR, "acme:operator")
+    add_user(stack, VIEWER, "acme:viewer")
+    add_user(stack, GLOBEX, "globex:operator")
+    with smtp_sink() as sink, inbox_server(stack, sink) as base:
+        yield {
+            "base": base,
+            "sink": sink,
+            "acme": acme,
+            "globex": globex,
+            "acme_doc": docs[str(acme["id"])],
+            "globex_doc": docs[str(globex["id"])],
+            "redis_url": settings.redis_url,
+        }
+
+
+def browser(world: dict[str, Any]) -> httpx.Client:
+    return httpx.Client(base_url=world["base"], timeout=30)
+
+
+@contextmanager
+def signed_in(world: dict[str, Any], who: str) -> Iterator[httpx.Client]:
+    with browser(world) as http:
+        sign_in(http, world["sink"], who, world["redis_url"])
+        yield http
+
+
+def ask_link(http: httpx.Client, who: str) -> httpx.Response:
+    page = http.get("/inbox/signin")
+    return http.post(
+        "/inbox/signin", data={"email": who, "csrf": form_field(CSRF_FIELD, page.text)}
+    )
+
+
+def token_rows(db: Any) -> int:
+    return int(db.execute("SELECT count(*) AS n FROM inbox_login_token").fetchone()["n"])
+
+
+def test_user_cli_add_list_disable(stack: Any, world: dict[str, Any]) -> None:
+    code, user = cli_json(stack, "user", "add", "temp@acme.test", "--org", "acme:admin")
+    assert code == 0 and user["orgs"][0]["role"] == "admin"
+    code, listed = cli_json(stack, "user", "list")
+    roles = {u["email"]: [m["role"] for m in u["orgs"]] for u in listed}
+    assert roles[OPERATOR] == ["operator"] and roles[VIEWER] == ["viewer"]
+    bad = cli(stack, "user", "add", "x@acme.test", "--org", "acme:owner")
+    assert bad.returncode == 2 and "unknown role" in bad.stderr
+    with signed_in(world, "temp@acme.test") as http:
+        assert http.get("/inbox/o/acme").status_code == 200
+        code, disabled = cli_json(stack, "user", "disable", "temp@acme.test")
+        assert code == 0 and disabled["disabled_at"]
+        after = http.get("/inbox/o/acme")
+    assert after.status_code == 303 and after.headers["location"] == "/inbox/signin"
+
+
+def test_signin_request_answers_the_same_and_does_the_same_work_for_unknown_addresses(
+    world: dict[str, Any], db: Any
+) -> None:
+    clear_rate_limits(world["redis_url"])
+    with browser(world) as http:
+        before = token_rows(db)
+        known = ask_link(http, OPERATOR)
+        middle = token_rows(db)
+        unknown = ask_link(http, "nobody@nowhere.test")
+        after = token_rows(db)
+    assert known.status_code == unknown.status_code == 200
+    assert known.text == unknown.text
+    assert "If that address has an account" in known.text
+    # The same statements either way: one token row each (the unknown one can never sign in).
+    assert (middle - before, after - middle) == (1, 1)
+    assert world["sink"].for_address("nobody@nowhere.test") == []
+
+
+def test_signin_link_is_random_hashed_single_use_and_get_does_not_sign_in(
+    world: dict[str, Any], db: Any
+) -> None:
+    clear_rate_limits(world["redis_url"])
+    sink = world["sink"]
+    with browser(world) as http:
+        seen = len(sink.for_address(OPERATOR))
+        ask_link(http, OPERATOR)
+        link = sink.wait_link(OPERATOR, seen)
+        token = link.rsplit("/", 1)[1]
+        assert len(token) >= 43
+        stored = db.execute(
+            "SELECT token_sha256, expires_at - created_at AS ttl FROM inbox_login_token"
+            " WHERE token_sha256 = %s",
+            (hashlib.sha256(token.encode()).hexdigest(),),
+        ).fetchone()
+        assert stored is not None and stored["ttl"].total_seconds() <= 900
+        assert (
+            db.execute(
+                "SELECT 1 FROM inbox_login_token WHERE token_sha256 = %s", (token,)
+            ).fetchone()
+            is None
+        )
+        path = httpx.URL(link).raw_path.decode()
+        for _ in range(2):  # a link scanner's GETs: a confirm page, no session
+            confirm = http.get(path)
+            assert confirm.status_code == 200 and "Sign in" in confirm.text
+            assert "ofi_inbox_session" not in confirm.headers.get("set-cookie", "")
+        assert http.get("/inbox/o/acme").status_code == 303
+        form = {
+            "token": form_field(TOKEN_FIELD, confirm.text),
+            "csrf": form_field(CSRF_FIELD, confirm.text),
+        }
+        first = http.post("/inbox/signin/link", data=form)
+        assert first.status_code == 303 and "ofi_inbox_session=" in first.headers["set-cookie"]
+        assert http.get("/inbox/o/acme").status_code == 200
+    with browser(world) as other:
+        page = other.get(path)
+        assert "already used or has expired" in page.text
+        csrf = form_field(CSRF_FIELD, other.get("/inbox/signin").text)
+        again = other.post("/inbox/signin/link", data={"token": token, "csrf": csrf})
+        assert again.status_code == 400
+
+
+def test_signin_link_expires(world: dict[str, Any], db: Any) -> None:
+    clear_rate_limits(world["redis_url"])
+    sink = world["sink"]
+    with browser(world) as http:
+        seen = len(sink.for_address(VIEWER))
+        ask_link(http, VIEWER)
+        token = sink.wait_link(VIEWER, seen).rsplit("/", 1)[1]
+        db.execute(
+            "UPDATE inbox_login_token SET expires_at = now() - interval '1 second'"
+            " WHERE token_sha256 = %s",
+            (hashlib.sha256(token.encode()).hexdigest(),),
+        )
+        page = http.get(f"/inbox/signin/link/{token}")
+        assert "already used or has expired" in page.text
+        csrf = form_field(CSRF_FIELD, http.get("/inbox/signin").text)
+        response = http.post("/inbox/signin/link", data={"token": token, "csrf": csrf})
+        assert response.status_code == 400
+
+
+def test_signin_is_rate_limited_by_address_and_by_client(world: dict[str, Any]) -> None:
+    clear_rate_limits(world["redis_url"])
+    with browser(world) as http:
+        answers = [ask_link(http, "flood@acme.test").status_code for _ in range(6)]
+        assert answers == [200] * 5 + [429]
+        clear_rate_limits(world["redis_url"])
+        answers = [ask_link(http, f"many{n}@acme.test").status_code for n in range(31)]
+        assert answers == [200] * 30 + [429]
+    clear_rate_limits(world["redis_url"])
+
+
+def test_session_cookie_is_httponly_samesite_lax_scoped_to_inbox(world: dict[str, Any]) -> None:
+    clear_rate_limits(world["redis_url"])
+    sink = world["sink"]
+    with browser(world) as http:
+        seen = len(sink.for_address(OPERATOR))
+        ask_link(http, OPERATOR)
+        page = http.get(httpx.URL(sink.wait_link(OPERATOR, seen)).raw_path.decode())
+        response = http.post(
+            "/inbox/signin/link",
+            data={
+                "token": form_field(TOKEN_FIELD, page.text),
+                "csrf": form_field(CSRF_FIELD, page.text),
+            },
+        )
+    cookie = next(
+        c for c in response.headers.get_list("set-cookie") if c.startswith("ofi_inbox_session=")
+    )
+    attributes = {part.strip().split("=")[0].lower() for part in cookie.split(";")}
+    assert {"httponly", "path"} <= attributes
+    assert "samesite=lax" in cookie.lower() and "path=/inbox" in cookie.lower()
+    # This server runs with ORDERFLOW_INBOX_COOKIE_SECURE=false (plain-HTTP test stack);
+    # test_inbox_units proves the default marks it Secure.
+    assert "secure" not in attributes
+
+
+def test_every_inbox_page_sends_nonce_csp_and_framing_and_referrer_headers(
+    world: dict[str, Any],
+) -> None:
+    with signed_in(world, OPERATOR) as http:
+        pages = [
+            "/inbox/signin",
+            "/inbox/o/acme",
+            f"/inbox/o/acme/messages/{world['acme']['id']}",
+            "/inbox/o/acme/events",
+            "/inbox/o/globex",
+        ]
+        for path in pages:
+            response = http.get(path)
+            policy = response.headers["content-security-policy"]
+            assert re.search(r"script-src 'nonce-[A-Za-z0-9_-]{16,}'", policy), path
+            assert "unsafe-inline" not in policy and "frame-ancestors 'none'" in policy
+            assert response.headers["referrer-policy"] == "no-referrer"
+            assert response.headers["x-frame-options"] == "DENY"
+            assert "<script" not in response.text.replace("&lt;script", "")
+
+
+def test_message_page_shows_the_order_and_never_live_html(world: dict[str, Any]) -> None:
+    with signed_in(world, OPERATOR) as http:
+        page = http.get(f"/inbox/o/acme/messages/{world['acme']['id']}")
+    assert page.status_code == 200
+    text = page.text
+    assert "&lt;script&gt;alert(1)&lt;/script&gt; PO 7781" in text
+    assert "<script>alert(1)" not in text
+    for expected in ("PO-7781.pdf", "application/pdf", "Postfix queue id", "Timeline", "Sender authentication"):
+        assert expected in text
+    assert world["acme"]["sha256"] in text
+
+
+def test_forms_without_the_csrf_token_are_refused(world: dict[str, Any]) -> None:
+    target = f"/inbox/o/acme/messages/{world['acme']['id']}/reprocess"
+    with signed_in(world, OPERATOR) as http:
+        assert http.post(target).status_code == 403
+        assert http.post(target, data={"csrf": "x" * 43}).status_code == 403
+        assert http.post("/inbox/signout", data={"csrf": ""}).status_code == 403
+    with browser(world) as anonymous:
+        assert anonymous.post("/inbox/signin", data={"email": OPERATOR}).status_code == 403
+
+
+def test_user_of_org_a_gets_404_for_every_page_and_download_of_org_b(
+    world: dict[str, Any],
+) -> None:
+    other_id, other_doc = world["globex"]["id"], world["globex_doc"]["id"]
+    gets = [
+        f"/inbox/o/acme/messages/{other_id}",
+        f"/inbox/o/acme/messages/{other_id}/eml",
+        f"/inbox/o/acme/documents/{other_doc}/download",
+        "/inbox/o/globex",
+        "/inbox/o/globex/events",
+        f"/inbox/o/globex/messages/{other_id}",
+        f"/inbox/o/globex/messages/{other_id}/eml",
+        f"/inbox/o/globex/documents/{other_doc}/download",
+        "/inbox/o/acme/messages/not-a-uuid",
+    ]
+    with signed_in(world, OPERATOR) as http:
+        csrf = form_field(CSRF_FIELD, http.get("/inbox/o/acme").text)
+        for path in gets:
+            assert http.get(path).status_code == 404, path
+        for path in (
+            f"/inbox/o/acme/messages/{other_id}/reprocess",
+            f"/inbox/o/globex/messages/{other_id}/reprocess",
+        ):
+            assert http.post(path, data={"csrf": csrf}).status_code == 404, path
+        # and the same ids are there for globex's own user
+    with signed_in(world, GLOBEX) as globex:
+        assert globex.get(f"/inbox/o/globex/messages/{other_id}").status_code == 200
+        assert globex.get(f"/inbox/o/acme/messages/{world['acme']['id']}").status_code == 404
+
+
+def test_downloads_go_through_short_lived_signed_links_as_attachments(
+    world: dict[str, Any], s3: Any, settings: Any
+) -> None:
+    def stored(key: str) -> str:
+        body = s3.get_object(Bucket=settings.s3_bucket, Key=key)["Body"].read()
+        return hashlib.sha256(body).hexdigest()
+
+    with signed_in(world, VIEWER) as http:
+        for path, key in (
+            (f"/inbox/o/acme/messages/{world['acme']['id']}/eml", world["acme"]["raw_storage_key"]),
+            (
+                f"/inbox/o/acme/documents/{world['acme_doc']['id']}/download",
+                world["acme_doc"]["storage_key"],
+            ),
+        ):
+            redirect = http.get(path)
+            assert redirect.status_code == 303
+            assert redirect.headers["location"].startswith("/v1/downloads/")
+            file = http.get(redirect.headers["location"])
+            assert file.status_code == 200
+            assert file.headers["content-disposition"].startswith("attachment;")
+            assert hashlib.sha256(file.content).hexdigest() == stored(key)
+    with browser(world) as anonymous:
+        assert (
+            anonymous.get(f"/inbox/o/acme/messages/{world['acme']['id']}/eml").headers["location"]
+            == "/inbox/signin"
+        )
+
+
+def test_search_finds_by_filename_negates_and_explains_mistakes(world: dict[str, Any]) -> None:
+    subject_link = f"/inbox/o/acme/messages/{world['acme']['id']}"
+    with signed_in(world, VIEWER) as http:
+
+        def search(q: str) -> httpx.Response:
+            return http.get("/inbox/o/acme", params={"q": q})
+
+        assert subject_link in search("filename:PO-7781.pdf").text
+        assert subject_link in search('has:document subject:"PO 7781" status:parsed').text
+        assert subject_link not in search("-filename:PO-7781").text
+        assert subject_link not in search("filename:PO-9.pdf").text  # globex's, not ours
+        wrong = search('subject:"open')
+        assert wrong.status_code == 400 and "quoted phrase is not closed" in wrong.text
+        wrong = search("colour:red")
+        assert wrong.status_code == 400 and "unknown filter colour:" in wrong.text
+
+
+def test_operator_reprocesses_and_viewer_is_refused(world: dict[str, Any], db: Any) -> None:
+    message = f"/inbox/o/acme/messages/{world['acme']['id']}"
+    with signed_in(world, VIEWER) as viewer:
+        page = viewer.get(message).text
+        assert "Reprocess</button>" not in page
+        refused = viewer.post(f"{message}/reprocess", data={"csrf": form_field(CSRF_FIELD, page)})
+        assert refused.status_code == 403 and "viewer" in refused.text
+    with signed_in(world, OPERATOR) as operator:
+        page = operator.get(message).text
+        done = operator.post(f"{message}/reprocess", data={"csrf": form_field(CSRF_FIELD, page)})
+        assert done.status_code == 303 and done.headers["location"].endswith("?done=reprocess")
+        status = db.execute(
+            "SELECT status FROM inbound_message WHERE id = %s", (world["acme"]["id"],)
+        ).fetchone()["status"]
+        assert status == "STORED"
+        assert "message.reprocessed" in str(
+            db.execute(
+                "SELECT array_agg(type) AS t FROM event WHERE inbound_message_id = %s",
+                (world["acme"]["id"],),
+            ).fetchone()["t"]
+        )
