@@ -259,7 +259,13 @@ def test_message_page_shows_the_order_and_never_live_html(world: dict[str, Any])
     text = page.text
     assert "&lt;script&gt;alert(1)&lt;/script&gt; PO 7781" in text
     assert "<script>alert(1)" not in text
-    for expected in ("PO-7781.pdf", "application/pdf", "Postfix queue id", "Timeline", "Sender authentication"):
+    for expected in (
+        "PO-7781.pdf",
+        "application/pdf",
+        "Postfix queue id",
+        "Timeline",
+        "Sender authentication",
+    ):
         assert expected in text
     assert world["acme"]["sha256"] in text
 
