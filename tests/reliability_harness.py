@@ -316,11 +316,11 @@ class Harness:
             master = int(pid_file.read_text().split()[0])
         except (OSError, ValueError, IndexError):
             return []
-        return [pid for pid in _children(master) if _comm(pid) == "pipe"]
+        return [pid for pid in _children(master) if _comm(pid) == "pipe" and _alive(pid)]
 
     def client_processes(self) -> list[int]:
         """The pipe clients (deliver.c) pipe(8) is running for this stack right now."""
-        return [child for pid in self.pipe_processes() for child in _children(pid)]
+        return [child for pid in self.pipe_processes() for child in _children(pid) if _alive(child)]
 
     def kill_mid_message(self, what: str, timeout: float = 60) -> bool:
         """SIGKILL the pipe client ("client") or Postfix's pipe(8) ("pipe") while a message
@@ -657,6 +657,15 @@ def _children(pid: int) -> list[int]:
     except OSError:
         return []
     return [int(child) for child in text.split()]
+
+
+def _alive(pid: int) -> bool:
+    """Running, not a zombie waiting for its parent (a killed one stays listed until then)."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return False
+    return not stat[stat.rfind(")") + 2 :].startswith(("Z", "X"))
 
 
 def _comm(pid: int) -> str:
