@@ -19,7 +19,7 @@ MESSAGE_COLUMNS = """
   from_email::text AS from_email, to_email::text AS to_email, subject, received_at,
   raw_storage_key, status, error_json, sha256, size_bytes, trace_id, envelope_sender,
   envelope_recipient, postfix_queue_id, auth_results, created_at, updated_at, content_sha256,
-  conflict_of::text AS conflict_of
+  conflict_of::text AS conflict_of, conflict_message_id, message_id
 """
 
 
@@ -48,9 +48,23 @@ class NewMessage:
 
 # Rows of one org and Message-ID with the same content as the message at hand. A row from
 # before content hashes (content_sha256 NULL) is the same content when its raw bytes are.
+# `message_id` is the Message-ID of first messages and conflicts alike (sql/003).
 _SAME_CONTENT = """
-  org_id = %(org_id)s::uuid AND source = 'EMAIL' AND source_message_id = %(message_id)s
+  org_id = %(org_id)s::uuid AND source = 'EMAIL' AND message_id = %(message_id)s
   AND (content_sha256 = %(content_sha256)s OR (content_sha256 IS NULL AND sha256 = %(sha256)s))
+"""
+
+_INSERT_COLUMNS = """
+  org_id, source, source_message_id, conflict_message_id, message_id_synthetic, from_email,
+  to_email, subject, received_at, status, sha256, size_bytes, trace_id, envelope_sender,
+  envelope_recipient, postfix_queue_id, auth_results, content_sha256, conflict_of
+"""
+_INSERT_VALUES = """
+  %(org_id)s::uuid, 'EMAIL', %(source_message_id)s::text, %(conflict_message_id)s::text,
+  %(synthetic)s, %(from_email)s::citext, %(to_email)s::citext, %(subject)s::text,
+  %(received_at)s, 'RECEIVED', %(sha256)s::text, %(size_bytes)s, %(trace_id)s::text,
+  %(envelope_sender)s::text, %(envelope_recipient)s::text, %(postfix_queue_id)s::text,
+  %(auth_results)s, %(content_sha256)s::text, %(conflict_of)s::uuid
 """
 
 
@@ -58,12 +72,16 @@ def insert_received(conn: Conn, new: NewMessage) -> dict[str, Any] | None:
     """The dedup gate: insert a RECEIVED row, or return None when a row of the same org,
     Message-ID and content exists (a duplicate: the caller finds it with `find_same_content`).
 
-    Another content under the same Message-ID is a new row linked to the first one by
-    `conflict_of`. An advisory lock per (org, Message-ID), held until the caller commits,
-    serialises copies of one Message-ID, so two conflicting copies arriving at once still
-    see each other; the unique index alone already collapses identical concurrent copies.
+    The first message of a Message-ID holds it in source_message_id, under 001's unique index
+    (org_id, source, source_message_id), the very one the previous release's
+    `ON CONFLICT` names: so this insert and an old host's collapse into one row. Another
+    content under that Message-ID is a new row linked to the first one by `conflict_of`, its
+    Message-ID in conflict_message_id. An advisory lock per (org, Message-ID), held until the
+    caller commits, serialises this release's copies of one Message-ID, so two conflicting
+    copies arriving at once still see each other; the unique indexes alone collapse identical
+    concurrent copies (an old host takes no such lock).
     """
-    params = {
+    params: dict[str, Any] = {
         "org_id": new.org_id,
         "message_id": new.source_message_id,
         "synthetic": new.message_id_synthetic,
@@ -85,29 +103,45 @@ def insert_received(conn: Conn, new: NewMessage) -> dict[str, Any] | None:
         "hashtextextended(%(org_id)s::text || ' ' || %(message_id)s::text, 0))",
         params,
     )
-    return conn.execute(
-        f"""
-        INSERT INTO inbound_message (
-          org_id, source, source_message_id, message_id_synthetic, from_email, to_email, subject,
-          received_at, status, sha256, size_bytes, trace_id, envelope_sender, envelope_recipient,
-          postfix_queue_id, auth_results, content_sha256, conflict_of)
-        SELECT %(org_id)s::uuid, 'EMAIL', %(message_id)s, %(synthetic)s, %(from_email)s::citext,
-          %(to_email)s::citext, %(subject)s::text, %(received_at)s, 'RECEIVED', %(sha256)s::text,
-          %(size_bytes)s, %(trace_id)s::text, %(envelope_sender)s::text,
-          %(envelope_recipient)s::text, %(postfix_queue_id)s::text, %(auth_results)s,
-          %(content_sha256)s::text,
-          (SELECT id FROM inbound_message
-            WHERE org_id = %(org_id)s::uuid AND source = 'EMAIL'
-              AND source_message_id = %(message_id)s AND conflict_of IS NULL
-            ORDER BY created_at, id LIMIT 1)
-        WHERE NOT EXISTS (SELECT 1 FROM inbound_message WHERE {_SAME_CONTENT})
-        ON CONFLICT (org_id, source, source_message_id, content_sha256)
-          WHERE source_message_id IS NOT NULL
-        DO NOTHING
-        RETURNING {MESSAGE_COLUMNS}
-        """,
-        params,
-    ).fetchone()
+    # Twice at most: a first-copy insert that loses to an old host's concurrent insert of
+    # another content finds that row committed and becomes a conflict of it.
+    for _ in range(2):
+        if conn.execute(f"SELECT 1 FROM inbound_message WHERE {_SAME_CONTENT}", params).fetchone():
+            return None
+        first = conn.execute(
+            "SELECT id::text AS id FROM inbound_message"
+            " WHERE org_id = %(org_id)s::uuid AND source = 'EMAIL'"
+            " AND source_message_id = %(message_id)s",
+            params,
+        ).fetchone()
+        if first is None:
+            row = conn.execute(
+                f"INSERT INTO inbound_message ({_INSERT_COLUMNS}) VALUES ({_INSERT_VALUES})"
+                " ON CONFLICT (org_id, source, source_message_id)"
+                " WHERE source_message_id IS NOT NULL DO NOTHING"
+                f" RETURNING {MESSAGE_COLUMNS}",
+                {
+                    **params,
+                    "source_message_id": new.source_message_id,
+                    "conflict_message_id": None,
+                    "conflict_of": None,
+                },
+            ).fetchone()
+        else:
+            row = conn.execute(
+                f"INSERT INTO inbound_message ({_INSERT_COLUMNS}) VALUES ({_INSERT_VALUES})"
+                " ON CONFLICT (conflict_of, content_sha256) WHERE conflict_of IS NOT NULL"
+                f" DO NOTHING RETURNING {MESSAGE_COLUMNS}",
+                {
+                    **params,
+                    "source_message_id": None,
+                    "conflict_message_id": new.source_message_id,
+                    "conflict_of": first["id"],
+                },
+            ).fetchone()
+        if row is not None:
+            return row
+    return None
 
 
 def find_same_content(
@@ -131,7 +165,7 @@ def find_by_message_id(conn: Conn, org_id: str, source_message_id: str) -> dict[
     """The first message of this org and Message-ID (conflicting later ones link to it)."""
     return conn.execute(
         f"SELECT {MESSAGE_COLUMNS} FROM inbound_message"
-        " WHERE org_id = %s AND source = 'EMAIL' AND source_message_id = %s"
+        " WHERE org_id = %s AND source = 'EMAIL' AND message_id = %s"
         " ORDER BY conflict_of IS NOT NULL, created_at, id LIMIT 1",
         (org_id, source_message_id),
     ).fetchone()
@@ -143,8 +177,8 @@ def message_id_conflicts(conn: Conn, inbound_message_id: str) -> list[dict[str, 
     return conn.execute(
         f"""
         SELECT {MESSAGE_COLUMNS} FROM inbound_message other
-        WHERE (other.org_id, other.source, other.source_message_id) = (
-            SELECT m.org_id, m.source, m.source_message_id FROM inbound_message m
+        WHERE (other.org_id, other.source, other.message_id) = (
+            SELECT m.org_id, m.source, m.message_id FROM inbound_message m
             WHERE m.id = %s)
           AND other.id <> %s
         ORDER BY other.created_at, other.id

@@ -6,6 +6,7 @@ importing the downstream extraction code): each side only names the other.
 
 from __future__ import annotations
 
+import json
 from typing import Any
 
 from redis import Redis
@@ -47,6 +48,16 @@ def make_queue(redis: Redis, name: str) -> Queue:
 def fetch_job(redis: Redis, job_id: str) -> Job:
     """Job.fetch with our serializer; raises NoSuchJobError like Job.fetch."""
     return Job.fetch(job_id, connection=redis, serializer=SERIALIZER)
+
+
+def is_json_job(job: Job) -> bool:
+    """True when the job's payload is JSON, i.e. ours. Reads the bytes as JSON only: a pickled
+    job (a 0.1.0 host during a roll-out, or one planted in Redis) is never unpickled."""
+    try:
+        json.loads(job.data)
+    except (ValueError, TypeError):
+        return False
+    return True
 
 
 def attachment_job_id(inbound_message_id: str) -> str:

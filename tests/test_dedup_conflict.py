@@ -78,7 +78,7 @@ def rows_in(db: Any, message_id: str, count: int, statuses: tuple[str, ...]) -> 
     def check() -> list[Any] | None:
         rows = db.execute(
             "SELECT *, id::text AS id, conflict_of::text AS conflict_of FROM inbound_message"
-            " WHERE source_message_id = %s ORDER BY created_at, inbound_message.id",
+            " WHERE message_id = %s ORDER BY created_at, inbound_message.id",
             (message_id,),
         ).fetchall()
         done = [row for row in rows if row["status"] in statuses]
@@ -133,6 +133,11 @@ def test_item2_same_message_id_different_content_is_kept_as_conflict(
     original, conflict = rows
     assert original["conflict_of"] is None
     assert conflict["conflict_of"] == original["id"]
+    # The first one keeps the Message-ID under 001's unique index (the previous release's
+    # ON CONFLICT names it); the conflict carries it in conflict_message_id (sql/003).
+    assert original["source_message_id"] == message_id
+    assert conflict["source_message_id"] is None
+    assert conflict["conflict_message_id"] == conflict["message_id"] == message_id
     assert conflict["content_sha256"] != original["content_sha256"]
     assert conflict["raw_storage_key"] != original["raw_storage_key"]
     # What our hosts prepend, and the content hash leaves out: pipe(8)'s Return-Path (flag

@@ -53,7 +53,7 @@ def test_a_conflicting_delivery_is_a_message_conflict_event(stack: Any, db: Any)
     def conflicting() -> dict[str, Any] | None:
         return db.execute(
             "SELECT id::text AS id, trace_id FROM inbound_message"
-            " WHERE source_message_id = %s AND conflict_of IS NOT NULL",
+            " WHERE message_id = %s AND conflict_of IS NOT NULL",
             (message_id,),
         ).fetchone()
 

@@ -29,7 +29,7 @@ def rows_for(db: Any, message_id: str) -> list[dict[str, Any]]:
     return db.execute(
         "SELECT m.*, m.id::text AS id, m.org_id::text AS org_id, o.slug::text AS slug"
         " FROM inbound_message m JOIN org o ON o.id = m.org_id"
-        " WHERE source_message_id = %s ORDER BY o.slug",
+        " WHERE message_id = %s ORDER BY o.slug",
         (message_id,),
     ).fetchall()
 

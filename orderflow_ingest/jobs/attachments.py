@@ -81,7 +81,7 @@ def run(context: JobContext, inbound_message_id: str, trace_id: str | None) -> O
             fields.update(
                 trace_id=trace_id or row["trace_id"],
                 org_id=row["org_id"],
-                message_id=row["source_message_id"],
+                message_id=row["message_id"],
                 queue_id=row["postfix_queue_id"],
             )
             status = row["status"]

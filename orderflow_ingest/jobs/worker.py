@@ -35,6 +35,7 @@ from rq.utils import parse_composite_key
 from orderflow_ingest import queue
 from orderflow_ingest.jobs import context
 from orderflow_ingest.logs import JsonLineFormatter, log_event, setup_logging
+from orderflow_ingest.queue import is_json_job
 from orderflow_ingest.settings import CONFIG_PATH_VARIABLE, Settings
 
 # How often a worker looks for jobs abandoned by workers on other hosts (RQ's default: 10 min).
@@ -217,6 +218,30 @@ def route_rq_logs(level: str) -> None:
     rq_logger.propagate = False
 
 
+class JsonJobWorker(Worker):
+    """RQ's Worker that fails a job whose payload is not JSON at once, without retries.
+
+    Release 0.1.0 enqueued pickled jobs; while a roll-out runs, old hosts still do, into the
+    queue these workers read. Such a job is never unpickled (our serializer is JSON): its horse
+    fails to decode it, and with its retries dropped it goes straight to the failed registry
+    instead of failing five more times over 20 minutes. Its message stays STORED, so `sweep`
+    re-enqueues it as a JSON job under the same id (CHANGELOG 0.2.0, "Upgrade").
+    """
+
+    def execute_job(self, job: Job, queue: Queue) -> None:
+        if not is_json_job(job):
+            log_event(
+                "worker.foreign_job",
+                logging.WARNING,
+                job_id=job.id,
+                queue=queue.name,
+                reason="payload is not JSON (a pickled job of release 0.1.0?): failed unread;"
+                " sweep re-enqueues its message",
+            )
+            job.retries_left = None  # the forked horse inherits this: no retry
+        super().execute_job(job, queue)
+
+
 def run_worker(
     settings: Settings,
     burst: bool = False,
@@ -247,7 +272,7 @@ def run_worker(
         "worker_ttl": WORKER_TTL,
         "serializer": queue.SERIALIZER,  # JSON, never pickle (see queue.py)
     }
-    worker = Worker([queue.make_queue(redis, settings.attachment_queue)], **worker_kwargs)
+    worker = JsonJobWorker([queue.make_queue(redis, settings.attachment_queue)], **worker_kwargs)
     log_event(
         "worker.started",
         worker=worker.name,

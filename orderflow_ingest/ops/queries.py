@@ -19,7 +19,7 @@ from orderflow_ingest.db import Conn
 # inbound_message columns plus the org's slug, for every operator view.
 COLUMNS = """
   m.id::text AS id, m.org_id::text AS org_id, o.slug::text AS org_slug, o.name AS org_name,
-  o.status AS org_status, m.source, m.source_message_id, m.message_id_synthetic,
+  o.status AS org_status, m.source, m.source_message_id, m.message_id, m.message_id_synthetic,
   m.from_email::text AS from_email, m.to_email::text AS to_email, m.subject, m.received_at,
   m.raw_storage_key, m.status, m.error_json, m.sha256, m.size_bytes, m.trace_id,
   m.envelope_sender, m.envelope_recipient, m.postfix_queue_id, m.auth_results,
@@ -104,7 +104,7 @@ def _resolve(conn: Conn, text: str) -> Resolved:
             return Resolved("trace_id", rows)
     if "@" in text or text.startswith("<"):
         bracketed = text if text.startswith("<") else f"<{text}>"
-        rows = _where(conn, "m.source_message_id IN (%s, %s)", (bracketed, text))
+        rows = _where(conn, "m.message_id IN (%s, %s)", (bracketed, text))
         return Resolved("message_id", rows)
     if QUEUE_ID.match(text):
         return Resolved("queue_id", _where(conn, "m.postfix_queue_id = %s", (text,)))

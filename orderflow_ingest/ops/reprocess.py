@@ -131,7 +131,7 @@ def _log_fields(row: dict[str, Any]) -> dict[str, Any]:
         "inbound_message_id": row["id"],
         "trace_id": row["trace_id"],
         "org_id": row["org_id"],
-        "message_id": row["source_message_id"],
+        "message_id": row["message_id"],
         "queue_id": row["postfix_queue_id"],
     }
 
@@ -153,7 +153,7 @@ def reprocess(
         step = Step(
             inbound_message_id=row["id"],
             org=row["org_slug"],
-            message_id=row["source_message_id"],
+            message_id=row["message_id"],
             status_before=row["status"],
             action=SKIP,
             reason="",

@@ -100,7 +100,7 @@ def _log_fields(row: dict[str, Any]) -> dict[str, Any]:
         "inbound_message_id": row["id"],
         "trace_id": row["trace_id"],
         "org_id": row["org_id"],
-        "message_id": row["source_message_id"],
+        "message_id": row["message_id"],
         "queue_id": row["postfix_queue_id"],
     }
 

@@ -240,6 +240,7 @@ def story(
                 "status",
                 "source",
                 "source_message_id",
+                "message_id",
                 "message_id_synthetic",
                 "from_email",
                 "to_email",
@@ -343,7 +344,7 @@ def render_text(data: dict[str, Any]) -> str:
     lines = [
         f"inbound_message {message['id']}  {message['status']}",
         f"  org          {org['slug']} ({org['name']}, {org['status']})  {org['id']}",
-        f"  Message-ID   {message['source_message_id']}"
+        f"  Message-ID   {message['message_id']}"
         + ("  (synthetic)" if message["message_id_synthetic"] else ""),
         f"  subject      {_quoted(message['subject'])}",
         f"  from         {message['from_email']}   to {message['to_email']}",

@@ -345,7 +345,7 @@ def _record_conflict(conn: Conn, row: dict[str, Any]) -> None:
         org_id=row["org_id"],
         trace_id=row["trace_id"],
         inbound_message_id=row["id"],
-        data={"conflict_of": row["conflict_of"], "message_id": row["source_message_id"]},
+        data={"conflict_of": row["conflict_of"], "message_id": row["message_id"]},
     )
 
 
