@@ -142,6 +142,10 @@ def _set_status(slug: str, status: str, config: str | None, as_json: bool) -> No
 def org_disable(slug: str, config: ConfigOption = None, as_json: JsonOption = False) -> None:
     """Stop accepting mail for an org (550 at RCPT; its messages are kept).
 
+    Mail that Postfix had already queued for it is not bounced: it is stored (raw in S3, a
+    row) and held FAILED with reason org_disabled, without extraction. To bring it back:
+    `org enable SLUG`, then `reprocess --org SLUG --status FAILED`.
+
     Example: orderflow-ingest org disable acme
     """
     _set_status(slug, "disabled", config, as_json)

@@ -20,6 +20,9 @@ class Outcome(Enum):
     DELIVERED = (EX_OK, "250 2.0.0", "delivered")
     DUPLICATE = (EX_OK, "250 2.0.0", "duplicate, already received")
     MALFORMED_STORED = (EX_OK, "250 2.0.0", "stored; content could not be parsed")
+    # Mail Postfix already queued for an org disabled since: kept (raw stored, row FAILED with
+    # reason org_disabled), never bounced to a sender that may be forged (issue 16).
+    HELD_FOR_DISABLED_ORG = (EX_OK, "250 2.0.0", "stored")
     UNKNOWN_ORG = (EX_NOUSER, "550 5.1.1", "Unknown recipient")
     BACKEND_UNAVAILABLE = (EX_TEMPFAIL, "451 4.3.0", "temporary failure, try again later")
     TIMED_OUT = (EX_TEMPFAIL, "451 4.3.0", "temporary failure (timeout), try again later")

@@ -27,12 +27,14 @@ from orderflow_ingest.addressing import org_slug
 from orderflow_ingest.authresults import parse_our_verdicts
 from orderflow_ingest.db import Conn, Pool, is_broken_connection
 from orderflow_ingest.logs import log_event
-from orderflow_ingest.orgs import active_org_by_slug
+from orderflow_ingest.orgs import org_lifecycle
 from orderflow_ingest.outcomes import Outcome
 from orderflow_ingest.pipe import headers
 from orderflow_ingest.queue import enqueue_extract_attachments
 from orderflow_ingest.settings import Settings
 
+# error_json reason of a message held for a disabled org (`org enable` + `reprocess` frees it).
+ORG_DISABLED = "org_disabled"
 # Messages up to this size stay in memory while hashed; larger ones spill to the spool dir.
 IN_MEMORY_LIMIT = 1024 * 1024
 BACKEND_ERRORS = (
@@ -236,12 +238,16 @@ def _deliver(
     facts, malformed = content.facts, content.malformed
     with backends.pool.connection() as conn:
         with metrics.timed("orderflow_db_seconds", operation="org_lookup"):
-            org = active_org_by_slug(conn, slug)
-        if org is None:
+            org = org_lifecycle(conn, slug)
+        if org is None or org["deleted_at"] is not None:
+            # Never existed, or deleted with its data (`org delete`): nobody to keep it for.
             conn.rollback()
             log_event("delivery.unknown_org", logging.WARNING, org_slug=slug, **context)
             return Outcome.UNKNOWN_ORG
         context["org_id"] = org_id = org["id"]
+        # Disabled after Postfix queued the message (new mail is refused at RCPT by the
+        # milter): the message is stored and held FAILED, not bounced (issue 16).
+        held = org["status"] != "active"
         new = messages.NewMessage(
             org_id=org_id,
             source_message_id=facts.message_id,
@@ -282,6 +288,8 @@ def _deliver(
             key = storage.raw_message_key(org_id, row["id"])
             with metrics.timed("orderflow_s3_put_seconds"):
                 _put_raw(backends, key, message)
+            if held:
+                return _hold_for_disabled_org(conn, row["id"], key, slug, context)
             if malformed is not None:
                 error = headertext.clean_json({"stage": "deliver", "reason": malformed})
                 messages.mark_failed(conn, row["id"], error, key)
@@ -315,6 +323,32 @@ def _deliver(
         _enqueue(backends, row["id"], row["trace_id"], context, check_live=True)
     _log_duplicate(row, message, context)
     return Outcome.DUPLICATE
+
+
+def _hold_for_disabled_org(
+    conn: Conn, inbound_message_id: str, key: str, slug: str, context: dict[str, Any]
+) -> Outcome:
+    """Raw is in S3: end the row FAILED with reason org_disabled and enqueue nothing, so
+    `org enable SLUG` then `reprocess --org SLUG --status FAILED` brings it back."""
+    error = {
+        "stage": "deliver",
+        "reason": ORG_DISABLED,
+        "detail": f"org {slug} was disabled when Postfix delivered this message; "
+        f"`orderflow-ingest org enable {slug}` then "
+        f"`orderflow-ingest reprocess --org {slug} --status FAILED` extracts it",
+    }
+    messages.mark_failed(conn, inbound_message_id, headertext.clean_json(error), key)
+    conn.commit()
+    log_event(
+        "delivery.held_for_disabled_org",
+        logging.WARNING,
+        org_slug=slug,
+        raw_storage_key=key,
+        **context,
+    )
+    metrics.count("smtp_emails_received_total", org_id=context["org_id"], status="FAILED")
+    metrics.count("smtp_processing_errors_total", org_id=context["org_id"], error_type=ORG_DISABLED)
+    return Outcome.HELD_FOR_DISABLED_ORG
 
 
 def _lock_existing(conn: Conn, new: messages.NewMessage) -> dict[str, Any] | None:
