@@ -6,7 +6,11 @@ from typing import Any
 
 from orderflow_ingest.db import Conn
 
-ORG_COLUMNS = "id::text AS id, slug::text AS slug, name, status, created_at"
+# A deleted org (a tombstone, `org delete`) shows as status "deleted"; its row stays disabled.
+ORG_COLUMNS = (
+    "id::text AS id, slug::text AS slug, name,"
+    " CASE WHEN deleted_at IS NULL THEN status ELSE 'deleted' END AS status, created_at"
+)
 
 
 def active_org_by_slug(conn: Conn, slug: str) -> dict[str, Any] | None:
