@@ -438,7 +438,8 @@ class Harness:
         """Rows of messages whose Message-ID starts with <tag- or whose envelope sender is
         one of `senders`, with their status history and document count."""
         query = """
-            SELECT m.id::text AS id, m.source_message_id, m.envelope_sender, m.status,
+            SELECT m.id::text AS id, m.message_id AS source_message_id, m.envelope_sender,
+                   m.status,
                    m.error_json, m.raw_storage_key, o.slug::text AS slug,
                    extract(epoch FROM m.received_at)::float8 AS received,
                    (SELECT count(*) FROM inbound_message_event e
@@ -451,7 +452,7 @@ class Harness:
                    (SELECT count(*) FROM document d WHERE d.inbound_message_id = m.id)
                      AS documents
               FROM inbound_message m JOIN org o ON o.id = m.org_id
-             WHERE m.source_message_id LIKE %s OR m.envelope_sender = ANY(%s)
+             WHERE m.message_id LIKE %s OR m.envelope_sender = ANY(%s)
         """
         like = f"<{tag}-%" if tag else "<no tag>"
         with self.connect() as conn:
