@@ -121,3 +121,16 @@ def test_uudecode_short_line_is_not_padded_into_more_bytes_than_it_carries() -> 
     encoded = b"begin 644 a.bin\n" + b"M\n" * 1000 + b"`\nend\n"
     out = decoder.feed(encoded) + decoder.finish()
     assert len(out) <= len(encoded), f"{len(encoded)} bytes in, {len(out)} out"
+
+
+def test_sanitise_never_returns_a_name_it_would_itself_refuse() -> None:
+    """filenames fuzzing: a long name whose alphanumerics sit past the length cap came back
+    as 66 U+FFFD characters: _cap_length cuts after the "nothing usable left" check, so the
+    result has no letter or digit and sanitise(result) is None. The document should get the
+    fallback name instead."""
+    from orderflow_ingest.jobs import filenames
+
+    raw = FUZZ / "corpus" / "filenames" / "crash-sanitise-not-idempotent-after-cap.txt"
+    text = filenames.decode_header_text(raw.read_bytes().decode("utf-8", "surrogateescape"))
+    name = filenames.sanitise(text)
+    assert name is None or any(ch.isalnum() for ch in name), repr(name)
