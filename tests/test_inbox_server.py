@@ -377,3 +377,25 @@ def test_operator_reprocesses_and_viewer_is_refused(world: dict[str, Any], db: A
                 (world["acme"]["id"],),
             ).fetchone()["t"]
         )
+
+
+def test_user_link_cli_prints_a_single_use_sign_in_link(stack: Any, world: dict[str, Any]) -> None:
+    public = {"ORDERFLOW_INBOX_PUBLIC_URL": f"{world['base']}/inbox"}
+    result = cli(stack, "user", "link", VIEWER, env=public)
+    assert result.returncode == 0, result.stderr
+    link = result.stdout.strip()
+    assert link.startswith(f"{world['base']}/inbox/signin/link/")
+    with browser(world) as http:
+        page = http.get(httpx.URL(link).raw_path.decode())
+        form = {
+            "token": form_field(TOKEN_FIELD, page.text),
+            "csrf": form_field(CSRF_FIELD, page.text),
+        }
+        assert http.post("/inbox/signin/link", data=form).status_code == 303
+        assert http.get("/inbox/o/acme").status_code == 200
+    with browser(world) as other:
+        csrf = form_field(CSRF_FIELD, other.get("/inbox/signin").text)
+        replay = other.post("/inbox/signin/link", data={"token": form["token"], "csrf": csrf})
+        assert replay.status_code == 400
+    missing = cli(stack, "user", "link", "nobody@nowhere.test")
+    assert missing.returncode == 1 and "no active user" in missing.stderr

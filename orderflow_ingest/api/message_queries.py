@@ -40,34 +40,49 @@ class SearchTerm:
     negate: bool = False
 
 
-# Each search field's condition on inbound_message m; %s is the term's value. Substring
-# matches are case-insensitive. A NULL column never matches (coalesce), negated or not.
+# Each search field's condition on inbound_message m; %s is the term's value. Text fields
+# match a case-insensitive substring with ILIKE, so the trigram indexes of
+# sql/008_inbox_users.sql serve them; EXISTS conditions stay bare so the planner can turn them
+# into (anti-)joins. A NULL column never matches, negated or not.
 TERM_SQL: dict[str, str] = {
-    "from": "(strpos(lower(m.from_email::text), lower(%s)) > 0"
-    " OR strpos(lower(m.envelope_sender), lower(%s)) > 0)",
-    "to": "(strpos(lower(m.to_email::text), lower(%s)) > 0"
-    " OR strpos(lower(m.envelope_recipient), lower(%s)) > 0)",
-    "subject": "strpos(lower(m.subject), lower(%s)) > 0",
-    "text": "(strpos(lower(m.subject), lower(%s)) > 0"
-    " OR strpos(lower(m.from_email::text), lower(%s)) > 0)",
+    "from": "m.from_email::text ILIKE %s",
+    "to": "(m.to_email::text ILIKE %s OR m.envelope_recipient ILIKE %s)",
+    "subject": "m.subject ILIKE %s",
+    "text": "(m.subject ILIKE %s OR m.from_email::text ILIKE %s)",
     "message-id": "m.message_id IN ('<' || %s || '>', %s)",
     "status": "m.status = %s",
     "has:document": "EXISTS (SELECT 1 FROM document d WHERE d.inbound_message_id = m.id)",
     "filename": "EXISTS (SELECT 1 FROM document d WHERE d.inbound_message_id = m.id"
-    " AND strpos(lower(d.file_name), lower(%s)) > 0)",
+    " AND d.file_name ILIKE %s)",
     "after": "m.received_at >= %s",
     "before": "m.received_at < %s",
     "larger": "m.size_bytes > %s",
     "smaller": "m.size_bytes < %s",
 }
+SUBSTRING_FIELDS = frozenset({"from", "to", "subject", "text", "filename"})
+NEVER_NULL_FIELDS = frozenset({"has:document", "filename", "status", "after", "before"})
+
+
+def _contains_pattern(value: str) -> str:
+    """An ILIKE pattern matching `value` anywhere, its own % _ and \\ taken literally."""
+    escaped = value.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
+    return f"%{escaped}%"
 
 
 def _term_condition(term: SearchTerm) -> tuple[sql.Composable, list[Any]]:
     template = TERM_SQL[term.field]
-    value = term.value.strip().strip("<>") if term.field == "message-id" else term.value
+    value = term.value
+    if term.field == "message-id":
+        value = value.strip().strip("<>")
+    elif term.field in SUBSTRING_FIELDS:
+        value = _contains_pattern(value)
     params = [value] * template.count("%s")
-    condition = sql.SQL("coalesce(({}), false)").format(sql.SQL(template))
-    return (sql.SQL("NOT {}").format(condition) if term.negate else condition), params
+    condition: sql.Composable = sql.SQL(template)
+    if not term.negate:
+        return condition, params
+    if term.field not in NEVER_NULL_FIELDS:
+        condition = sql.SQL("coalesce(({}), false)").format(condition)
+    return sql.SQL("NOT {}").format(condition), params
 
 
 @dataclass(frozen=True)
@@ -102,8 +117,15 @@ def list_messages(
     conn: Conn, org_ids: Sequence[str], where: MessageFilter, cursor: str | None, limit: int
 ) -> tuple[list[dict[str, Any]], str | None]:
     """Newest first; a page and the cursor of the next one (None at the end)."""
-    conditions: list[sql.Composable] = [sql.SQL("m.org_id = ANY(%s::uuid[])")]
-    params: list[Any] = [list(org_ids)]
+    # One org (every inbox page, most keys): `=` lets the (org_id, received_at, id) index
+    # hand rows over newest first, so a page stops after limit+1 rows; PostgreSQL < 17
+    # cannot walk an index in order under `= ANY(array)`.
+    conditions: list[sql.Composable]
+    params: list[Any]
+    if len(org_ids) == 1:
+        conditions, params = [sql.SQL("m.org_id = %s::uuid")], [org_ids[0]]
+    else:
+        conditions, params = [sql.SQL("m.org_id = ANY(%s::uuid[])")], [list(org_ids)]
     if where.statuses:
         conditions.append(sql.SQL("m.status = ANY(%s)"))
         params.append(list(where.statuses))
