@@ -33,6 +33,8 @@ pytestmark = pytest.mark.stack
 OPERATOR = "ana@acme.test"
 VIEWER = "vic@acme.test"
 GLOBEX = "gus@globex.test"
+ADMIN = "ada@acme.test"
+SECRET = re.compile(r'id="secret">(ofi_live_[0-9A-Za-z]+)<')
 
 
 @pytest.fixture(scope="module")
@@ -64,6 +66,7 @@ def world(stack: Any, settings: Any) -> Iterator[dict[str, Any]]:
     add_user(stack, OPERATOR, "acme:operator")
     add_user(stack, VIEWER, "acme:viewer")
     add_user(stack, GLOBEX, "globex:operator")
+    add_user(stack, ADMIN, "acme:admin")
     with smtp_sink() as sink, inbox_server(stack, sink) as base:
         yield {
             "base": base,
@@ -399,3 +402,53 @@ def test_user_link_cli_prints_a_single_use_sign_in_link(stack: Any, world: dict[
         assert replay.status_code == 400
     missing = cli(stack, "user", "link", "nobody@nowhere.test")
     assert missing.returncode == 1 and "no active user" in missing.stderr
+
+
+def test_org_admin_creates_a_key_shown_once_and_revokes_it(
+    stack: Any, world: dict[str, Any]
+) -> None:
+    with signed_in(world, ADMIN) as http:
+        page = http.get("/inbox/o/acme/keys")
+        assert page.status_code == 200
+        created = http.post(
+            "/inbox/o/acme/keys",
+            data={
+                "name": "erp-from-inbox",
+                "permission": ["messages:read", "raw:read"],
+                "csrf": form_field(CSRF_FIELD, page.text),
+            },
+        )
+        assert created.status_code == 200
+        secret = form_field(SECRET, created.text)
+        listing = http.get("/inbox/o/acme/keys").text
+        assert "erp-from-inbox" in listing and secret not in listing
+        api = {"Authorization": f"Bearer {secret}"}
+        messages = http.get("/v1/messages", headers=api)
+        assert messages.status_code == 200
+        assert {m["org_id"] for m in messages.json()["data"]} == {str(world["acme"]["org_id"])}
+        _, listed = cli_json(stack, "key", "list")
+        key_id = next(k["id"] for k in listed if k["name"] == "erp-from-inbox")
+        assert http.get(f"/v1/messages/{world['globex']['id']}", headers=api).status_code == 404
+        revoke = http.post(
+            f"/inbox/o/acme/keys/{key_id}/revoke", data={"csrf": form_field(CSRF_FIELD, listing)}
+        )
+        assert revoke.status_code == 303
+        assert http.get("/v1/messages", headers=api).status_code == 401
+
+
+def test_keys_page_is_for_org_admins_only_and_scoped(stack: Any, world: dict[str, Any]) -> None:
+    code, created = cli_json(
+        stack, "key", "create", "globex-only", "--org", "globex", "-p", "messages:read"
+    )
+    assert code == 0
+    with signed_in(world, OPERATOR) as http:
+        assert http.get("/inbox/o/acme/keys").status_code == 403
+    with signed_in(world, ADMIN) as http:
+        page = http.get("/inbox/o/acme/keys")
+        assert "globex-only" not in page.text
+        assert http.get("/inbox/o/globex/keys").status_code == 404
+        revoke = http.post(
+            f"/inbox/o/acme/keys/{created['id']}/revoke",
+            data={"csrf": form_field(CSRF_FIELD, page.text)},
+        )
+        assert revoke.status_code == 404

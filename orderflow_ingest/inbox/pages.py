@@ -15,7 +15,7 @@ from fastapi.responses import HTMLResponse, RedirectResponse, Response
 from fastapi.templating import Jinja2Templates
 
 from orderflow_ingest import events, keys
-from orderflow_ingest.api import message_queries, routes
+from orderflow_ingest.api import message_queries, models, routes
 from orderflow_ingest.api.context import BackendsDep, DbConn
 from orderflow_ingest.api.problems import ApiProblem
 from orderflow_ingest.inbox import mailer, signin, users, words
@@ -329,3 +329,69 @@ def events_page(
         events=data,
         next_url=f"{PREFIX}/o/{org['slug']}/events?after={next_cursor}" if data else None,
     )
+
+
+# Keys (org admins): the API's own key routes, with this org's admin Principal ---------------
+
+
+def _keys_admin(user: dict[str, Any], slug: str) -> tuple[keys.Principal, dict[str, Any]]:
+    principal, org = in_org(user, slug)
+    if not principal.may("keys:admin"):
+        raise PageError(403, f"Only admins of {org['slug']} manage its API keys.")
+    return principal, org
+
+
+def _keys_page(
+    request: Request, conn: DbConn, user: dict[str, Any], slug: str, **extra: Any
+) -> HTMLResponse:
+    principal, org = _keys_admin(user, slug)
+    listed = _api_call(routes.list_keys, principal, conn)["data"]
+    return render(
+        request,
+        "keys.html",
+        user=user,
+        org=org,
+        keys=listed,
+        permissions=keys.PERMISSIONS,
+        **extra,
+    )
+
+
+@router.get("/o/{slug}/keys")
+def keys_page(slug: str, request: Request, conn: DbConn, user: User) -> Response:
+    return _keys_page(request, conn, user, slug)
+
+
+@router.post("/o/{slug}/keys")
+def create_key(
+    slug: str,
+    request: Request,
+    conn: DbConn,
+    user: User,
+    name: Annotated[str, Form(max_length=200)] = "",
+    permission: Annotated[list[str] | None, Form()] = None,
+    csrf: Annotated[str, Form(max_length=100)] = "",
+) -> Response:
+    """Create a key for this org; its secret is on this one response only."""
+    check_csrf(user["csrf"], csrf)
+    principal, org = _keys_admin(user, slug)
+    if not name.strip() or not permission:
+        raise PageError(400, "A key needs a name and at least one permission.")
+    body = models.NewKey(name=name.strip(), org_ids=[org["org_id"]], permissions=permission)
+    created = _api_call(routes.create_key, body, principal, conn)
+    conn.commit()
+    return _keys_page(request, conn, user, slug, created=created)
+
+
+@router.post("/o/{slug}/keys/{key_id}/revoke")
+def revoke_key(
+    slug: str,
+    key_id: str,
+    conn: DbConn,
+    user: User,
+    csrf: Annotated[str, Form(max_length=100)] = "",
+) -> Response:
+    check_csrf(user["csrf"], csrf)
+    principal, org = _keys_admin(user, slug)
+    _api_call(routes.revoke_key, _uuid(key_id), principal, conn)
+    return RedirectResponse(f"{PREFIX}/o/{org['slug']}/keys", status_code=303)
