@@ -452,3 +452,14 @@ def test_keys_page_is_for_org_admins_only_and_scoped(stack: Any, world: dict[str
             data={"csrf": form_field(CSRF_FIELD, page.text)},
         )
         assert revoke.status_code == 404
+
+
+def test_platform_admin_sees_every_org(stack: Any, world: dict[str, Any]) -> None:
+    result = cli(stack, "user", "add", "staff@orderflow.test", "--platform-admin")
+    assert result.returncode == 0, result.stderr
+    with signed_in(world, "staff@orderflow.test") as http:
+        home = http.get("/inbox/")
+        assert home.status_code == 200
+        assert 'href="/inbox/o/acme"' in home.text and 'href="/inbox/o/globex"' in home.text
+        other = http.get(f"/inbox/o/globex/messages/{world['globex']['id']}")
+        assert other.status_code == 200
