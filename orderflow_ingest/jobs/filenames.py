@@ -282,9 +282,12 @@ def sanitise(name: str | None) -> str | None:
     name = re.split(r"[/\\]", name.rstrip("/\\ "))[-1] if re.search(r"[/\\]", name) else name
     name = _UNSAFE.sub("_", name)
     name = _SPACES.sub(" ", name).strip(" .")
+    name = _cap_length(name, MAX_NAME_BYTES)
+    # Checked after the cut: a name whose letters all sit past the cap has nothing usable left
+    # (the caller then gives the document its fallback name).
     if not any(ch.isalnum() for ch in name):
         return None
-    return _cap_length(name, MAX_NAME_BYTES)
+    return name
 
 
 def _cap_length(name: str, limit: int) -> str:
