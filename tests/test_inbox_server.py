@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import hashlib
 import re
+import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any
@@ -27,6 +28,7 @@ from inbox_support import (
 from ops_support import cli, cli_json, run_worker, wait_status
 from psycopg.rows import dict_row
 from samples import address, minimal_pdf, order_email
+from support_wait import wait_for
 
 pytestmark = pytest.mark.stack
 
@@ -463,3 +465,31 @@ def test_platform_admin_sees_every_org(stack: Any, world: dict[str, Any]) -> Non
         assert 'href="/inbox/o/acme"' in home.text and 'href="/inbox/o/globex"' in home.text
         other = http.get(f"/inbox/o/globex/messages/{world['globex']['id']}")
         assert other.status_code == 200
+
+
+def test_message_page_links_message_id_conflicts(
+    stack: Any, world: dict[str, Any], db: Any
+) -> None:
+    message_id = f"<conflict-{uuid.uuid4().hex}@customer.example>"
+    first = order_email(message_id=message_id, body="First version of the order.\n")
+    second = order_email(message_id=message_id, body="Another order, same Message-ID.\n")
+    for message in (first, second):
+        send_mail(stack, message, [address("acme")])
+
+    def both() -> list[dict[str, Any]] | None:
+        rows = db.execute(
+            "SELECT id::text AS id, conflict_of::text AS conflict_of FROM inbound_message"
+            " WHERE message_id = %s ORDER BY received_at",
+            (message_id,),
+        ).fetchall()
+        return rows if len(rows) == 2 else None
+
+    rows = wait_for(both, 60, "two messages with one Message-ID")
+    original = next(row for row in rows if row["conflict_of"] is None)
+    copy = next(row for row in rows if row["conflict_of"] is not None)
+    with signed_in(world, VIEWER) as http:
+        page = http.get(f"/inbox/o/acme/messages/{copy['id']}").text
+        assert "Same Message-ID, other content" in page
+        assert f'href="/inbox/o/acme/messages/{original["id"]}"' in page
+        back = http.get(f"/inbox/o/acme/messages/{original['id']}").text
+        assert f'href="/inbox/o/acme/messages/{copy["id"]}"' in back
