@@ -7,6 +7,7 @@ tmp dir. Every wait is on a condition (expect / wait_for / expect_download), nev
 from __future__ import annotations
 
 import hashlib
+import re
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -16,7 +17,7 @@ import psycopg
 import pytest
 from conftest import send_mail
 from inbox_support import add_user, clear_rate_limits, inbox_server, smtp_sink
-from ops_support import run_worker, wait_status
+from ops_support import cli, run_worker, wait_status
 from psycopg.rows import dict_row
 from samples import address, minimal_pdf, order_email
 
@@ -29,6 +30,7 @@ pytestmark = [
     ),
 ]
 OPERATOR = "olga@acme-browser.test"
+STAFF = "sam@orderflow-browser.test"
 VIEWER = "victor@acme-browser.test"
 WAIT_MS = 60_000  # generous: the CI machine is shared; every wait ends as soon as it holds
 WIDTHS = (1280, 390)
@@ -48,6 +50,8 @@ def world(stack: Any, settings: Any) -> Iterator[dict[str, Any]]:
         row = wait_status(db, message["Message-ID"], ("PARSED",))
     add_user(stack, OPERATOR, "acme:operator")
     add_user(stack, VIEWER, "acme:viewer")
+    staff = cli(stack, "user", "add", STAFF, "--platform-admin")
+    assert staff.returncode == 0, staff.stderr
     with smtp_sink() as sink, inbox_server(stack, sink) as base:
         yield {
             "base": base,
@@ -93,7 +97,13 @@ def shoot(page: Any, shots: Path, name: str) -> None:
     page.set_viewport_size({"width": 1280, "height": 900})
 
 
-def sign_in(page: Any, world: dict[str, Any], who: str, shots: Path | None = None) -> None:
+def sign_in(
+    page: Any,
+    world: dict[str, Any],
+    who: str,
+    shots: Path | None = None,
+    landing: str = "**/inbox/o/acme",
+) -> None:
     from playwright.sync_api import expect
 
     clear_rate_limits(world["redis_url"])
@@ -112,7 +122,7 @@ def sign_in(page: Any, world: dict[str, Any], who: str, shots: Path | None = Non
     if shots:
         shoot(page, shots, "3-confirm")
     page.get_by_role("button", name="Sign in").click()
-    page.wait_for_url("**/inbox/o/acme")
+    page.wait_for_url(landing)
     expect(page.get_by_text(who)).to_be_visible()
 
 
@@ -156,9 +166,9 @@ def test_browser_operator_signs_in_by_link_searches_downloads_and_reprocesses(
     expect(page.locator(".timeline")).to_contain_text("Sent back for reprocessing")
     shoot(page, shots, "7-reprocessed")
 
-    page.get_by_role("navigation", name="Orgs").get_by_role("link", name="acme").click()
+    page.get_by_role("navigation", name="Orgs").get_by_role("link", name="acme", exact=True).click()
     page.wait_for_url("**/inbox/o/acme")
-    page.get_by_role("link", name="Events").click()
+    page.get_by_role("link", name="Events", exact=True).click()
     expect(page.get_by_role("heading", name="Events")).to_be_visible()
     shoot(page, shots, "8-events")
 
@@ -171,10 +181,16 @@ def test_browser_operator_signs_in_by_link_searches_downloads_and_reprocesses(
     print(f"\nscreenshots in {shots}")
 
 
-def test_browser_viewer_sees_no_reprocess_and_is_refused(world: dict[str, Any], page: Any) -> None:
+def test_browser_viewer_sees_no_reprocess_and_is_refused(
+    world: dict[str, Any], page: Any, tmp_path: Path
+) -> None:
     from playwright.sync_api import expect
 
     sign_in(page, world, VIEWER)
+    page.goto(f"{world['base']}/inbox/o/acme/keys")
+    refusal = page.get_by_role("heading", name="Only admins of acme manage its API keys.")
+    expect(refusal).to_be_visible()
+    shoot(page, tmp_path, "error-403")
     page.goto(f"{world['base']}/inbox/o/acme/messages/{world['row']['id']}")
     expect(page.get_by_role("heading", name=world["subject"])).to_be_visible()
     expect(page.get_by_role("button", name="Reprocess")).to_have_count(0)
@@ -186,3 +202,32 @@ def test_browser_viewer_sees_no_reprocess_and_is_refused(world: dict[str, Any], 
     )
     assert response.status == 403
     assert "may not reprocess" in response.text()
+
+
+def test_browser_platform_admin_picks_an_org_and_creates_a_key_shown_once(
+    world: dict[str, Any], page: Any, tmp_path: Path
+) -> None:
+    from playwright.sync_api import expect
+
+    sign_in(page, world, STAFF, landing="**/inbox/")
+    expect(page.get_by_role("heading", name="Your orgs")).to_be_visible()
+    shoot(page, tmp_path, "orgs")
+    page.get_by_role("main").get_by_role("link", name="Acme", exact=True).click()
+    page.wait_for_url("**/inbox/o/acme")
+    page.get_by_role("link", name="API keys", exact=True).click()
+    expect(page.get_by_role("heading", name="API keys")).to_be_visible()
+    page.get_by_label("Name").fill("browser-key")
+    page.get_by_label("raw:read").check()
+    page.get_by_role("button", name="Create key").click()
+    secret = page.locator("#secret")
+    expect(secret).to_have_text(re.compile(r"^ofi_live_[0-9A-Za-z]{38}$"))
+    shoot(page, tmp_path, "keys-created")
+    shown = secret.inner_text()
+    page.goto(f"{world['base']}/inbox/o/acme/keys")
+    expect(page.get_by_role("heading", name="API keys")).to_be_visible()
+    expect(page.locator("#secret")).to_have_count(0)
+    assert shown not in page.content()
+    page.get_by_role("button", name="Revoke browser-key").click()
+    row = page.locator("table.keys tbody tr", has_text="browser-key")
+    expect(row).to_contain_text("revoked")
+    shoot(page, tmp_path, "keys")
