@@ -429,7 +429,9 @@ def test_org_admin_creates_a_key_shown_once_and_revokes_it(
         assert messages.status_code == 200
         assert {m["org_id"] for m in messages.json()["data"]} == {str(world["acme"]["org_id"])}
         _, listed = cli_json(stack, "key", "list")
-        key_id = next(k["id"] for k in listed if k["name"] == "erp-from-inbox")
+        mine = [k for k in listed if k["name"] == "erp-from-inbox"]
+        assert len(mine) == 1, mine
+        key_id = mine[0]["id"]
         assert http.get(f"/v1/messages/{world['globex']['id']}", headers=api).status_code == 404
         revoke = http.post(
             f"/inbox/o/acme/keys/{key_id}/revoke", data={"csrf": form_field(CSRF_FIELD, listing)}

@@ -1,7 +1,11 @@
 """The inbox's routes. Each page looks the user up from the session cookie, becomes the
 keys.Principal of their role in the org named by the URL (users.principal_in), and then calls
 the API's own scoped queries and route functions: no second query or permission path. An id
-outside the org answers 404 exactly like one that does not exist."""
+outside the org answers 404 exactly like one that does not exist.
+
+Every route that changes something commits before it answers: FastAPI runs the exit of the
+pooled-connection dependency (its commit) only after the response is sent, so a browser's next
+request could otherwise see the state before the change."""
 
 from __future__ import annotations
 
@@ -168,6 +172,7 @@ def signout(
 ) -> Response:
     check_csrf(user["csrf"], csrf)
     signin.end_session(conn, request.cookies.get(SESSION_COOKIE, ""))
+    conn.commit()
     response = RedirectResponse(f"{PREFIX}/signin", status_code=303)
     response.delete_cookie(SESSION_COOKIE, path=PREFIX)
     return response
@@ -394,4 +399,5 @@ def revoke_key(
     check_csrf(user["csrf"], csrf)
     principal, org = _keys_admin(user, slug)
     _api_call(routes.revoke_key, _uuid(key_id), principal, conn)
+    conn.commit()  # before the answer: a yield dependency's exit runs after it is sent
     return RedirectResponse(f"{PREFIX}/o/{org['slug']}/keys", status_code=303)
