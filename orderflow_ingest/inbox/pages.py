@@ -25,6 +25,7 @@ from orderflow_ingest.api.problems import ApiProblem
 from orderflow_ingest.inbox import mailer, signin, users, words
 from orderflow_ingest.inbox.search import SearchError, parse
 from orderflow_ingest.inbox.web import (
+    CSRF_COOKIE,
     PREFIX,
     SESSION_COOKIE,
     PageError,
@@ -113,7 +114,7 @@ def signin_request(
     csrf: Annotated[str, Form(max_length=100)] = "",
 ) -> Response:
     """Same answer, same work, whether or not the address has an account."""
-    check_csrf(request.cookies.get("ofi_inbox_csrf"), csrf)
+    check_csrf(request.cookies.get(CSRF_COOKIE), csrf)
     settings = backends.settings
     client = request.client.host if request.client else "unknown"
     if signin.rate_limited(backends.redis, email, client):
@@ -148,7 +149,7 @@ def signin_redeem(
     token: Annotated[str, Form(max_length=100)] = "",
     csrf: Annotated[str, Form(max_length=100)] = "",
 ) -> Response:
-    check_csrf(request.cookies.get("ofi_inbox_csrf"), csrf)
+    check_csrf(request.cookies.get(CSRF_COOKIE), csrf)
     opened = signin.redeem(conn, token, backends.settings.inbox_session_hours)
     if opened is None:
         raise PageError(
@@ -159,7 +160,7 @@ def signin_redeem(
     set_session_cookie(
         response, opened[0], _secure(backends), backends.settings.inbox_session_hours
     )
-    response.delete_cookie("ofi_inbox_csrf", path=PREFIX)
+    response.delete_cookie(CSRF_COOKIE, path=PREFIX)
     return response
 
 
