@@ -495,3 +495,30 @@ def test_message_page_links_message_id_conflicts(
         assert f'href="/inbox/o/acme/messages/{original["id"]}"' in page
         back = http.get(f"/inbox/o/acme/messages/{original['id']}").text
         assert f'href="/inbox/o/acme/messages/{copy["id"]}"' in back
+
+
+def test_inbox_pages_newest_first_by_cursor_without_repeats(
+    stack: Any, world: dict[str, Any], db: Any
+) -> None:
+    slug = f"paging-{uuid.uuid4().hex[:6]}"
+    assert cli(stack, "org", "add", slug, "--name", "Paging Co").returncode == 0
+    org_id = db.execute("SELECT id::text AS id FROM org WHERE slug = %s", (slug,)).fetchone()["id"]
+    for n in range(57):  # same received_at for some: the id breaks the tie
+        db.execute(
+            "INSERT INTO inbound_message (org_id, source, source_message_id, subject,"
+            " received_at, status, trace_id) VALUES (%s, 'EMAIL', %s, %s,"
+            " now() - make_interval(mins => %s), 'RECEIVED', %s)",
+            (org_id, f"<page-{n}@x.example>", f"paging subject {n:02d}", n // 3, f"t{n}"),
+        )
+    add_user(stack, f"pat@{slug}.test", f"{slug}:viewer")
+    with signed_in(world, f"pat@{slug}.test") as http:
+        first = http.get(f"/inbox/o/{slug}")
+        subjects = re.findall(r"paging subject (\d\d)", first.text)
+        older = re.search(r'href="([^"]+)" rel="next"', first.text)
+        assert older is not None and len(subjects) == 50
+        second = http.get(older.group(1).replace("&amp;", "&"))
+        rest = re.findall(r"paging subject (\d\d)", second.text)
+        assert 'rel="next"' not in second.text
+    seen = [int(s) for s in subjects + rest]
+    assert len(seen) == 57 and set(seen) == set(range(57))
+    assert [n // 3 for n in seen] == sorted(n // 3 for n in seen)  # newest first
