@@ -403,3 +403,27 @@ def test_a_keys_ip_allow_list_sees_the_client_behind_a_local_proxy(
     assert inside.status_code == 200
     assert outside.status_code == 401
     assert direct.status_code == 401
+
+
+def test_a_created_key_works_and_a_revoked_one_stops_the_moment_the_answer_arrives(
+    world: dict[str, Any],
+) -> None:
+    """The request's connection commits after FastAPI has sent the response: routes whose
+    change the caller acts on at once commit before they answer. Repeated, as the race was
+    a matter of timing."""
+    for _ in range(10):
+        with client(world) as http:
+            made = http.post(
+                "/v1/keys",
+                json={
+                    "name": "short-lived",
+                    "org_ids": [world["acme"]["org_id"]],
+                    "permissions": ["messages:read"],
+                },
+            )
+            assert made.status_code == 201
+            secret, key_id = made.json()["secret"], made.json()["id"]
+            with httpx.Client(base_url=world["base"], headers=bearer(secret), timeout=30) as new:
+                assert new.get("/v1/messages").status_code == 200
+                assert http.delete(f"/v1/keys/{key_id}").status_code == 200
+                assert new.get("/v1/messages").status_code == 401

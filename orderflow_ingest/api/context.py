@@ -31,7 +31,11 @@ def backends(request: Request) -> Backends:
 
 
 def connection(request: Request) -> Iterator[Conn]:
-    """A pooled connection for the request; committed when the route returns normally."""
+    """A pooled connection for the request; committed when the route returns normally.
+
+    FastAPI runs this exit after the response has been sent, so a route whose change the
+    caller may act on at once (a key, an endpoint) commits itself before it answers.
+    """
     with backends(request).pool.connection() as conn:
         yield conn
 

@@ -254,6 +254,7 @@ def create_key(body: models.NewKey, principal: KeysAdmin, conn: DbConn) -> Any:
         )
     except keys.KeyRequestError as error:
         raise ApiProblem(422, str(error)) from None
+    conn.commit()  # before the answer: the caller may use the key at once
     return {**row, "secret": secret}
 
 
@@ -263,4 +264,5 @@ def revoke_key(key_id: UUID, principal: KeysAdmin, conn: DbConn) -> Any:
     row = keys.revoke_key(conn, str(key_id), principal.org_ids)
     if row is None:
         raise not_found("key")
+    conn.commit()  # before the answer: "revoked" must mean the key no longer works
     return row

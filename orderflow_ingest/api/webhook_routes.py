@@ -67,6 +67,7 @@ def create_endpoint(
     if created is None:
         raise not_found("org")
     endpoint, secret = created
+    conn.commit()  # before the answer (the dependency's commit runs after it is sent)
     return {**endpoint, "secret": secret}
 
 
@@ -82,6 +83,7 @@ def get_endpoint(endpoint_id: UUID, principal: Manage, conn: DbConn) -> Any:
 def delete_endpoint(endpoint_id: UUID, principal: Manage, conn: DbConn) -> None:
     if not endpoints.delete_endpoint(conn, principal.org_ids, endpoint_id):
         raise not_found("endpoint")
+    conn.commit()
 
 
 @router.get("/endpoints/{endpoint_id}/deliveries", response_model=Listing)
@@ -103,6 +105,7 @@ def recover(endpoint_id: UUID, body: Recover, principal: Manage, conn: DbConn) -
     count = endpoints.recover(conn, principal.org_ids, endpoint_id, body.since, body.until)
     if count is None:
         raise not_found("endpoint")
+    conn.commit()
     return {"requeued": count}
 
 
@@ -112,4 +115,5 @@ def redeliver(delivery_id: UUID, principal: Manage, conn: DbConn) -> Any:
     found = endpoints.redeliver(conn, principal.org_ids, delivery_id)
     if found is None:
         raise not_found("delivery")
+    conn.commit()
     return found
