@@ -374,9 +374,7 @@ SETTINGS: tuple[Setting, ...] = (
         "24h",
         "After a secret rotation the old secret keeps signing (a second signature) this long.",
     ),
-    Setting(
-        "ORDERFLOW_WEBHOOK_CONNECT_TIMEOUT", _float, "5", "Seconds to connect to a receiver."
-    ),
+    Setting("ORDERFLOW_WEBHOOK_CONNECT_TIMEOUT", _float, "5", "Seconds to connect to a receiver."),
     Setting(
         "ORDERFLOW_WEBHOOK_TIMEOUT",
         _float,
