@@ -282,7 +282,11 @@ def sanitise(name: str | None) -> str | None:
     name = re.split(r"[/\\]", name.rstrip("/\\ "))[-1] if re.search(r"[/\\]", name) else name
     name = _UNSAFE.sub("_", name)
     name = _SPACES.sub(" ", name).strip(" .")
-    name = _cap_length(name, MAX_NAME_BYTES)
+    # Removing characters can leave combining marks out of canonical order: normalise again,
+    # so that sanitising a sanitised name changes nothing.
+    name = unicodedata.normalize(
+        "NFC", _cap_length(unicodedata.normalize("NFC", name), MAX_NAME_BYTES)
+    )
     # Checked after the cut: a name whose letters all sit past the cap has nothing usable left
     # (the caller then gives the document its fallback name).
     if not any(ch.isalnum() for ch in name):
