@@ -566,6 +566,7 @@ def test_postfix_has_exactly_the_settings_of_postfix_config(host: Host) -> None:
         "pipe_user": "orderflow",
         "deliver_command": deliver_client(),
         "config_file": str(CONFIG),
+        "postmaster_address": "postmaster@ops.invalid",
     }
     live = {}
     for line in postconf("-n").splitlines():
@@ -587,6 +588,8 @@ def test_postfix_has_exactly_the_settings_of_postfix_config(host: Host) -> None:
     assert "smtp/inet" not in services, "the distribution's smtpd on port 25 gave way"
     transport = (POSTFIX_DIR / "orderflow_transport").read_text()
     assert f"{DOMAIN}    orderflow:" in transport
+    role_mailboxes = (POSTFIX_DIR / "role_mailboxes").read_text()
+    assert f"postmaster@{DOMAIN}    postmaster@ops.invalid" in role_mailboxes
     assert postfix("check").returncode == 0
 
 
