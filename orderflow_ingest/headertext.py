@@ -20,7 +20,8 @@ from typing import Any
 REPLACEMENT = "\ufffd"
 # Codecs that turn bytes into arbitrary code points (surrogates, NUL) by escape sequences, or
 # that are no character set at all: a charset label naming one is treated as unknown.
-_NOT_CHARSETS = ("unicode-escape", "raw-unicode-escape", "unicode_escape", "raw_unicode_escape")
+# (codecs.lookup normalises the spelling.) Filenames (jobs/filenames.py) refuse the same ones.
+NOT_CHARSETS = frozenset({"unicode-escape", "raw-unicode-escape", "undefined", "punycode", "idna"})
 _CHARSET_ALIASES = {
     "x-unknown": "",
     "unknown-8bit": "",
@@ -86,7 +87,7 @@ def lookup_charset(name: str) -> str | None:
         info = codecs.lookup(label)
     except (LookupError, ValueError):  # ValueError: a NUL in the label
         return None
-    if info.name in _NOT_CHARSETS or not getattr(info, "_is_text_encoding", True):
+    if info.name in NOT_CHARSETS or not getattr(info, "_is_text_encoding", True):
         return None
     return info.name
 
@@ -103,12 +104,22 @@ def decode_bytes(raw: bytes, charset: str | None) -> str:
     return decode_8bit(raw)
 
 
-def _decode_q(text: str) -> bytes:
-    data = text.replace("_", " ").encode("utf-8", "surrogateescape")
-    return binascii.a2b_qp(data)
+def text_to_bytes(value: str) -> bytes:
+    """Parser text back to bytes: 8-bit bytes come back from their surrogate escapes, and a
+    surrogate that is no such escape (decoded from `utf-7`, say) becomes `?`: never raises."""
+    try:
+        return value.encode("utf-8", "surrogateescape")
+    except UnicodeEncodeError:
+        return value.encode("utf-8", "replace")
 
 
-def _decode_b(text: str) -> bytes:
+def decode_q_word(text: str) -> bytes:
+    """The payload of a Q-encoded word (RFC 2047 §4.2) as bytes."""
+    return binascii.a2b_qp(text_to_bytes(text.replace("_", " ")))
+
+
+def decode_b_word(text: str) -> bytes:
+    """The payload of a B-encoded word as bytes; stray characters and bad padding tolerated."""
     data = re.sub(r"[^A-Za-z0-9+/]", "", text)
     if len(data) % 4 == 1:
         data = data[:-1]
@@ -145,7 +156,7 @@ def decode_encoded_words(text: str) -> str:
             flush()
             out.append(text[position : match.start()])
         charset, encoding, payload = match.group(1), match.group(2).lower(), match.group(3)
-        raw = _decode_q(payload) if encoding == "q" else _decode_b(payload)
+        raw = decode_q_word(payload) if encoding == "q" else decode_b_word(payload)
         if pending and charset.lower() != (pending_charset or "").lower():
             flush()
         pending += raw

@@ -10,11 +10,12 @@ undecodable bytes become U+FFFD and parsing carries on.
 
 from __future__ import annotations
 
-import binascii
 import codecs
 import re
 import unicodedata
 from urllib.parse import unquote_to_bytes
+
+from orderflow_ingest.headertext import NOT_CHARSETS, decode_b_word, decode_q_word, text_to_bytes
 
 # Longest sanitised name, in UTF-8 bytes: S3 keys allow 1024, file systems 255 per component.
 MAX_NAME_BYTES = 200
@@ -25,8 +26,6 @@ _CONTINUATION = re.compile(r"^(?P<name>[^*]+)\*(?P<index>[0-9]+)(?P<star>\*?)$")
 # RFC 2231 sets no limit; a header block is at most a megabyte, so more digits than this name
 # no real segment (and int() refuses over 4,300 digits, which used to fail the whole message).
 MAX_CONTINUATION_DIGITS = 6
-# Codecs Python has that are no MIME charset: they turn text into escapes, bytes or errors.
-_NOT_CHARSETS = {"unicode-escape", "raw-unicode-escape", "undefined", "punycode", "idna"}
 # Characters a name may not keep: path separators, and what Windows or a shell chokes on.
 _UNSAFE = re.compile(r'[/\\:*?"<>|]')
 _SPACES = re.compile(r"\s+")
@@ -51,7 +50,7 @@ def lookup_charset(name: str) -> str | None:
     except (LookupError, ValueError, TypeError):  # ValueError: a NUL in the name
         return None
     # rot13, hex, base64, zlib ... are bytes-to-bytes codecs: `bytes.decode` refuses them.
-    if not getattr(info, "_is_text_encoding", True) or info.name in _NOT_CHARSETS:
+    if not getattr(info, "_is_text_encoding", True) or info.name in NOT_CHARSETS:
         return None
     return info.name
 
@@ -75,36 +74,11 @@ def decode_bytes(raw: bytes, charset: str | None = None) -> tuple[str, bool]:
         return raw.decode("utf-8", "replace"), False
 
 
-def header_text_to_bytes(value: str) -> bytes:
-    """Header strings from the stdlib parser carry 8-bit bytes as surrogates; get them back.
-
-    A surrogate that is no such escape (decoded from `utf-7`, say) becomes `?`: never raises.
-    """
-    try:
-        return value.encode("utf-8", "surrogateescape")
-    except UnicodeEncodeError:
-        return value.encode("utf-8", "replace")
-
-
 def decode_header_text(value: str) -> str:
     """A header value from the stdlib parser with raw 8-bit bytes decoded (UTF-8, else cp1252)."""
     if not any("\udc80" <= ch <= "\udcff" for ch in value):
         return value
-    return decode_bytes(header_text_to_bytes(value))[0]
-
-
-def _decode_q(text: str) -> bytes:
-    return binascii.a2b_qp(header_text_to_bytes(text.replace("_", " ")))
-
-
-def _decode_b(text: str) -> bytes:
-    data = re.sub(r"[^A-Za-z0-9+/]", "", text)
-    data = data[: len(data) - len(data) % 4] if len(data) % 4 == 1 else data
-    data += "=" * (-len(data) % 4)
-    try:
-        return binascii.a2b_base64(data.encode("ascii"))
-    except binascii.Error:
-        return b""
+    return decode_bytes(text_to_bytes(value))[0]
 
 
 def decode_rfc2047(text: str) -> str:
@@ -133,7 +107,7 @@ def decode_rfc2047(text: str) -> str:
             flush()
             out.append(text[position : match.start()])
         charset, encoding, payload = match.group(1), match.group(2).lower(), match.group(3)
-        raw = _decode_q(payload) if encoding == "q" else _decode_b(payload)
+        raw = decode_q_word(payload) if encoding == "q" else decode_b_word(payload)
         if pending and charset.lower() != (pending_charset or "").lower():
             flush()
         pending += raw
@@ -151,7 +125,7 @@ def decode_rfc2231(value: str) -> str:
         charset, _language, encoded = parts
     else:
         charset, encoded = "", value
-    raw = unquote_to_bytes(header_text_to_bytes(encoded))
+    raw = unquote_to_bytes(text_to_bytes(encoded))
     return decode_bytes(raw, charset or None)[0]
 
 
@@ -256,9 +230,9 @@ def _join_continuations(segments: dict[int, tuple[str, bool]], defects: list[str
         if encoded:
             if position == 0 and text.count("'") >= 2:
                 charset, _language, text = text.split("'", 2)
-            raw += unquote_to_bytes(header_text_to_bytes(text))
+            raw += unquote_to_bytes(text_to_bytes(text))
         else:
-            raw += header_text_to_bytes(text)
+            raw += text_to_bytes(text)
     decoded = decode_bytes(bytes(raw), charset)[0]
     return decode_rfc2047(decoded) if "=?" in decoded else decoded
 

@@ -10,12 +10,12 @@ an audit still sees that something was there.
 
 from __future__ import annotations
 
-import re
 from typing import Any
 
-REPLACEMENT = "\ufffd"
-# NUL and every surrogate code point: the characters no UTF-8 text column can hold.
-_UNSTORABLE = re.compile("[\x00\ud800-\udfff]")
+from orderflow_ingest.headertext import REPLACEMENT
+from orderflow_ingest.headertext import clean as _storable
+
+__all__ = ["MAX_TEXT", "REPLACEMENT", "clean", "clean_json", "clean_optional"]
 # Longest original (unsanitised) filename kept for audit; a header may be a megabyte long.
 MAX_TEXT = 1024
 
@@ -24,7 +24,7 @@ def clean(value: str, limit: int | None = MAX_TEXT) -> str:
     """`value` with NUL and lone surrogates replaced, cut to `limit` characters (None: uncut)."""
     if limit is not None and len(value) > limit:
         value = value[:limit] + "…"
-    return _UNSTORABLE.sub(REPLACEMENT, value)
+    return _storable(value)
 
 
 def clean_optional(value: str | None, limit: int | None = MAX_TEXT) -> str | None:

@@ -25,6 +25,7 @@ from email import policy as email_policy
 from email.parser import BytesHeaderParser
 from typing import Any, BinaryIO, Protocol
 
+from orderflow_ingest.headertext import text_to_bytes
 from orderflow_ingest.jobs import filenames, safetext
 from orderflow_ingest.jobs.decoders import (
     Decoder,
@@ -453,7 +454,7 @@ class MimeWalker:
             info.defects.append(f"transfer encoding {info.encoding!r} on a multipart ignored")
         self._handler.container(info, True, f"{info.content_type}: walked into")
         own = levels
-        self._delims.append(b"--" + filenames.header_text_to_bytes(boundary))
+        self._delims.append(b"--" + text_to_bytes(boundary))
         try:
             child_type = (
                 "message/rfc822" if info.content_type == "multipart/digest" else "text/plain"
