@@ -6,7 +6,7 @@ from __future__ import annotations
 import json
 import subprocess
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from typing import Any
 
@@ -26,12 +26,19 @@ ALL_PERMISSIONS = (
 
 
 @contextmanager
-def api_server(stack: Any) -> Iterator[str]:
-    """Start the API as an operator would; yields its base URL; stops it afterwards."""
+def api_server(
+    stack: Any,
+    settings: Callable[[int], dict[str, str]] | None = None,
+    ready_path: str = "/v1/openapi.json",
+) -> Iterator[str]:
+    """Start the API as an operator would; yields its base URL; stops it afterwards.
+
+    `settings(port)` gives extra ORDERFLOW_* values; `ready_path` answers 200 once it serves.
+    """
     (port,) = free_ports(1)
     process = subprocess.Popen(
         [CLI, "api", "--config", str(stack.config_path), "--listen", f"127.0.0.1:{port}"],
-        env=env_with(),
+        env=env_with(settings(port) if settings else None),
         stdin=subprocess.DEVNULL,
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
@@ -44,7 +51,7 @@ def api_server(stack: Any) -> Iterator[str]:
                 output = process.stdout.read().decode() if process.stdout else ""
                 raise AssertionError(f"api exited {process.returncode}: {output[-2000:]}")
             try:
-                if httpx.get(f"{base}/v1/openapi.json", timeout=2).status_code == 200:
+                if httpx.get(f"{base}{ready_path}", timeout=2).status_code == 200:
                     break
             except httpx.TransportError:
                 pass

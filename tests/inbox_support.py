@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import email
 import re
-import subprocess
 import threading
 import time
 from collections.abc import Iterator
@@ -17,7 +16,8 @@ from typing import Any
 
 import httpx
 from aiosmtpd.controller import Controller
-from ops_support import CLI, cli, env_with
+from api_support import api_server
+from ops_support import cli
 
 from orderflow_ingest.devstack.processes import free_ports
 
@@ -82,38 +82,8 @@ def inbox_env(port: int, sink: SmtpSink) -> dict[str, str]:
 @contextmanager
 def inbox_server(stack: Any, sink: SmtpSink) -> Iterator[str]:
     """`orderflow-ingest api` (the API and the inbox, one process); yields its base URL."""
-    (port,) = free_ports(1)
-    process = subprocess.Popen(
-        [CLI, "api", "--config", str(stack.config_path), "--listen", f"127.0.0.1:{port}"],
-        env=env_with(inbox_env(port, sink)),
-        stdin=subprocess.DEVNULL,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-    )
-    base = f"http://127.0.0.1:{port}"
-    try:
-        deadline = time.monotonic() + 60
-        while True:
-            if process.poll() is not None:
-                output = process.stdout.read().decode() if process.stdout else ""
-                raise AssertionError(f"api exited {process.returncode}: {output[-2000:]}")
-            try:
-                if httpx.get(f"{base}/inbox/signin", timeout=2).status_code == 200:
-                    break
-            except httpx.TransportError:
-                pass
-            assert time.monotonic() < deadline, "the API did not answer within 60 s"
-            time.sleep(0.1)
+    with api_server(stack, lambda port: inbox_env(port, sink), "/inbox/signin") as base:
         yield base
-    finally:
-        process.terminate()
-        try:
-            process.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait(timeout=10)
-        if process.stdout:
-            process.stdout.close()
 
 
 def add_user(stack: Any, address: str, *orgs: str) -> None:
