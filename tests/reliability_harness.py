@@ -286,7 +286,7 @@ class Harness:
     def scheduler_holder(self) -> str | None:
         """The worker whose RQ scheduler holds the attachment queue's scheduler lock (it
         alone moves failed jobs' retries back to the queue when their backoff is over)."""
-        from orderflow_ingest.queue import make_redis
+        from orderflow_ingest.job_queue import make_redis
 
         settings = self.stack.settings
         with make_redis(settings) as redis:

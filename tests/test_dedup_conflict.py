@@ -26,7 +26,7 @@ from test_ingest_e2e import hand_to_delivery_service, log_events, org_id, rows_f
 
 from orderflow_ingest import messages, metrics
 from orderflow_ingest.devstack.options import EXTERNAL_SETTINGS
-from orderflow_ingest.queue import attachment_job_id
+from orderflow_ingest.job_queue import attachment_job_id
 
 pytestmark = pytest.mark.stack
 

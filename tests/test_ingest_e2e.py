@@ -20,7 +20,7 @@ from rq.job import Job
 from samples import INGEST_DOMAIN, address, order_email
 from support_wait import wait_for
 
-from orderflow_ingest.queue import SERIALIZER, attachment_job_id
+from orderflow_ingest.job_queue import SERIALIZER, attachment_job_id
 
 pytestmark = pytest.mark.stack
 

@@ -37,7 +37,7 @@ from rq.registry import StartedJobRegistry
 from samples import minimal_pdf
 from support_wait import wait_for
 
-from orderflow_ingest import documents, messages, orgs, queue, storage
+from orderflow_ingest import documents, job_queue, messages, orgs, storage
 from orderflow_ingest.jobs import attachments, context
 from orderflow_ingest.settings import Settings, load_settings
 
@@ -188,7 +188,7 @@ def enqueue(
 ) -> None:
     row = messages.get_message(db, message_id)
     assert row is not None
-    queue.enqueue_extract_attachments(redis_conn, settings, message_id, row["trace_id"])
+    job_queue.enqueue_extract_attachments(redis_conn, settings, message_id, row["trace_id"])
 
 
 def status(db: psycopg.Connection[Any], message_id: str) -> str:
@@ -449,8 +449,10 @@ def test_corrupt_attachment_is_recorded_and_the_rest_extracted(
     assert by_name["broken.pdf"]["status"] == "FAILED"
     assert "corrupt" in by_name["broken.pdf"]["decision_json"]["reason"]
     # Only the good document goes on to extraction.
-    assert Job.exists(queue.document_job_id(by_name["fine.pdf"]["id"]), connection=redis_conn)
-    assert not Job.exists(queue.document_job_id(by_name["broken.pdf"]["id"]), connection=redis_conn)
+    assert Job.exists(job_queue.document_job_id(by_name["fine.pdf"]["id"]), connection=redis_conn)
+    assert not Job.exists(
+        job_queue.document_job_id(by_name["broken.pdf"]["id"]), connection=redis_conn
+    )
 
 
 def test_no_attachments_is_parsed_with_a_warning(spec_run: dict[str, str], db: Any) -> None:
@@ -484,7 +486,7 @@ def test_documents_are_handed_to_extraction_once_each(
     row = messages.get_message(db, message_id)
     assert row is not None
     for document in docs(db, message_id):
-        job = queue.fetch_job(redis_conn, queue.document_job_id(document["id"]))
+        job = job_queue.fetch_job(redis_conn, job_queue.document_job_id(document["id"]))
         assert job.origin == EXTRACTION_QUEUE
         assert job.func_name == job_settings.extraction_function
         assert job.args == [document["id"], row["org_id"]]
@@ -523,7 +525,7 @@ def test_rerun_creates_nothing_twice(
     extraction = Queue(EXTRACTION_QUEUE, connection=redis_conn)
     queued_before = sorted(extraction.job_ids)
     # A second enqueue (a retried delivery, a redundant job): it finds PARSED and does nothing.
-    queue.enqueue_extract_attachments(redis_conn, job_settings, message_id, "trace-rerun")
+    job_queue.enqueue_extract_attachments(redis_conn, job_settings, message_id, "trace-rerun")
     process = run_burst(start_worker)
     assert docs(db, message_id) == before
     assert sorted(extraction.job_ids) == queued_before
@@ -531,7 +533,7 @@ def test_rerun_creates_nothing_twice(
     # An operator's reprocess (PARSED -> STORED) re-extracts into the same rows and ids.
     with db.transaction():
         assert messages.reopen_for_reprocess(db, message_id)
-    queue.enqueue_extract_attachments(redis_conn, job_settings, message_id, "trace-reprocess")
+    job_queue.enqueue_extract_attachments(redis_conn, job_settings, message_id, "trace-reprocess")
     run_burst(start_worker)
     after = docs(db, message_id)
     assert status(db, message_id) == "PARSED"
@@ -584,9 +586,9 @@ def test_job_retry_policy_is_the_queue_modules(
 ) -> None:
     message_id = store_message(job_settings, db, s3, email_with())
     enqueue(job_settings, redis_conn, message_id, db)
-    job = queue.fetch_job(redis_conn, queue.attachment_job_id(message_id))
+    job = job_queue.fetch_job(redis_conn, job_queue.attachment_job_id(message_id))
     assert job.func_name == "orderflow_ingest.jobs.attachments.extract_attachments"
-    assert job.retries_left == queue.ATTACHMENT_RETRY.max
+    assert job.retries_left == job_queue.ATTACHMENT_RETRY.max
     Queue(ATTACHMENT_QUEUE, connection=redis_conn).remove(job)
     job.delete()
 
@@ -607,7 +609,7 @@ class RowLock:
 
 
 def started_job(redis_conn: Redis, message_id: str) -> bool:
-    job = Job.fetch(queue.attachment_job_id(message_id), connection=redis_conn)
+    job = Job.fetch(job_queue.attachment_job_id(message_id), connection=redis_conn)
     return job.get_status() == JobStatus.STARTED
 
 
@@ -629,7 +631,7 @@ def assert_extracted_once(db: Any, redis_conn: Redis, message_id: str) -> None:
     ).fetchall()
     assert [h["status"] for h in history] == ["RECEIVED", "STORED", "PARSED"]
     extraction_ids = set(Queue(EXTRACTION_QUEUE, connection=redis_conn).job_ids)
-    assert {queue.document_job_id(d["id"]) for d in found} <= extraction_ids
+    assert {job_queue.document_job_id(d["id"]) for d in found} <= extraction_ids
 
 
 @pytest.mark.slow
@@ -652,9 +654,9 @@ def test_sigkilled_work_horse_job_is_retried_and_completes_once(
         os.kill(horse, signal.SIGKILL)
         lock.release()
         wait_for(lambda: status(db, message_id) == "PARSED", 60, "the retried job")
-        job = Job.fetch(queue.attachment_job_id(message_id), connection=redis_conn)
+        job = Job.fetch(job_queue.attachment_job_id(message_id), connection=redis_conn)
         wait_for(lambda: job.get_status() == JobStatus.FINISHED, 10, "job finished")
-        assert job.retries_left == queue.ATTACHMENT_RETRY.max - 1
+        assert job.retries_left == job_queue.ATTACHMENT_RETRY.max - 1
     finally:
         worker.kill(signal.SIGTERM)
     assert_extracted_once(db, redis_conn, message_id)
@@ -681,12 +683,14 @@ def test_sigkilled_worker_job_is_recovered_by_the_next_worker(
     os.kill(horse, signal.SIGKILL)
     lock.release()
     registry = StartedJobRegistry(ATTACHMENT_QUEUE, connection=redis_conn)
-    assert queue.attachment_job_id(message_id) in registry.get_job_ids(cleanup=False)  # abandoned
+    assert job_queue.attachment_job_id(message_id) in registry.get_job_ids(
+        cleanup=False
+    )  # abandoned
     second = run_burst(start_worker)
     (recovered,) = second.events("worker.requeued_abandoned")
-    assert recovered["job_id"] == queue.attachment_job_id(message_id)
+    assert recovered["job_id"] == job_queue.attachment_job_id(message_id)
     assert_extracted_once(db, redis_conn, message_id)
-    assert queue.attachment_job_id(message_id) not in registry.get_job_ids(cleanup=False)
+    assert job_queue.attachment_job_id(message_id) not in registry.get_job_ids(cleanup=False)
 
 
 @pytest.mark.slow

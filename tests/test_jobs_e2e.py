@@ -19,7 +19,7 @@ from redis import Redis
 from samples import address, minimal_pdf, order_email
 from support_wait import wait_for
 
-from orderflow_ingest import documents, queue
+from orderflow_ingest import documents, job_queue
 
 pytestmark = [pytest.mark.stack, pytest.mark.slow]
 
@@ -79,7 +79,7 @@ def test_email_to_documents_through_the_deployed_worker(
         assert sha(body.read()) == document["sha256"]
     redis = Redis.from_url(settings.redis_url)
     for document in found:
-        job = queue.fetch_job(redis, queue.document_job_id(document["id"]))
+        job = job_queue.fetch_job(redis, job_queue.document_job_id(document["id"]))
         assert job.origin == settings.extraction_queue
         assert job.args == [document["id"], row["org_id"]]
     events = [

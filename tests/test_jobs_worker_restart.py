@@ -30,8 +30,8 @@ from rq.registry import ScheduledJobRegistry
 from rq.scheduler import RQScheduler
 from samples import address, order_email
 
+from orderflow_ingest.job_queue import attachment_job_id
 from orderflow_ingest.jobs.worker import release_dead_scheduler_lock
-from orderflow_ingest.queue import attachment_job_id
 
 pytestmark = pytest.mark.stack
 

@@ -1,6 +1,6 @@
 """Our Authentication-Results header: who claims our authserv-id, building it, parsing it back.
 
-`orderflow_ingest.authresults.parse_our_verdicts` is what the delivery service stores in
+`orderflow_ingest.auth_verdicts.parse_our_verdicts` is what the delivery service stores in
 inbound_message.auth_results; these tests hold it to what the milter writes.
 """
 
@@ -8,8 +8,8 @@ from __future__ import annotations
 
 import pytest
 
-from orderflow_ingest.authresults import authserv_id_of, claims, parse_our_verdicts
-from orderflow_ingest.milter.authresults import header_value, indices_to_remove
+from orderflow_ingest.auth_verdicts import authserv_id_of, claims, parse_our_verdicts
+from orderflow_ingest.milter.authresults_header import header_value, indices_to_remove
 from orderflow_ingest.milter.dkim_check import DkimVerdict
 from orderflow_ingest.milter.dmarc import DmarcVerdict
 from orderflow_ingest.milter.spf_check import SpfVerdict

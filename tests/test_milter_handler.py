@@ -15,7 +15,7 @@ import pytest
 from milter_harness import FakeDns, PostfixLikeCtx, Transaction, ed25519_key, make_message, rsa_key
 
 from orderflow_ingest import metrics
-from orderflow_ingest.authresults import parse_our_verdicts
+from orderflow_ingest.auth_verdicts import parse_our_verdicts
 from orderflow_ingest.milter import handler as handler_module
 from orderflow_ingest.milter.handler import MilterConfig, OrderflowMilter
 from orderflow_ingest.milter.orgdomain import load as load_psl

@@ -3,7 +3,7 @@
 Over real SMTP (smtplib): RCPT decisions before DATA, 451 while PostgreSQL is down, Postfix's
 tempfail while the milter is down, SPF/DKIM/DMARC verdicts on the stored message (the raw
 MIME in S3 carries our one Authentication-Results header) and on its inbound_message row (the
-delivery service parses that header with orderflow_ingest.authresults.parse_our_verdicts).
+delivery service parses that header with orderflow_ingest.auth_verdicts.parse_our_verdicts).
 Messages are DKIM-signed with keys generated here; the DNS server publishes them.
 """
 
@@ -28,7 +28,7 @@ from milter_harness import ed25519_key, make_message, rsa_key
 from samples import INGEST_DOMAIN, address
 from support_wait import wait_for
 
-from orderflow_ingest.authresults import parse_our_verdicts
+from orderflow_ingest.auth_verdicts import parse_our_verdicts
 
 pytestmark = [pytest.mark.stack, pytest.mark.slow]
 

@@ -21,7 +21,7 @@ from mime_builders import PDF, b64, message, sha
 
 from orderflow_ingest.jobs.extract import extract_message
 from orderflow_ingest.jobs.filenames import sanitise
-from orderflow_ingest.jobs.inspect import inspect_stream
+from orderflow_ingest.jobs.part_inspection import inspect_stream
 
 TYPES = [
     ("application", "pdf", "pdf"),

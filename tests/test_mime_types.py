@@ -1,11 +1,11 @@
-"""mime_type normalisation and refinement by extension and magic bytes (jobs/mimetypes.py)."""
+"""mime_type normalisation and refinement by extension and magic bytes (jobs/file_types.py)."""
 
 from __future__ import annotations
 
 import pytest
 from mime_builders import CSV_BYTES, PDF, PNG, XLS, XLSX, ZIP
 
-from orderflow_ingest.jobs import mimetypes as mt
+from orderflow_ingest.jobs import file_types as mt
 
 
 @pytest.mark.parametrize(

@@ -16,7 +16,7 @@ from conftest import send_mail
 from ops_support import cli, run_worker, wait_status
 from samples import address, order_email
 
-from orderflow_ingest.queue import attachment_job_id, document_job_id, fetch_job
+from orderflow_ingest.job_queue import attachment_job_id, document_job_id, fetch_job
 
 pytestmark = pytest.mark.stack
 

@@ -28,7 +28,7 @@ from rq.job import Job
 from samples import address
 
 from orderflow_ingest import messages
-from orderflow_ingest.queue import attachment_job_id, fetch_job
+from orderflow_ingest.job_queue import attachment_job_id, fetch_job
 
 pytestmark = pytest.mark.stack
 MISCONFIGURED = {"ORDERFLOW_MAX_HEADER_BYTES": "2048"}

@@ -15,8 +15,8 @@ from rq.job import Job, JobStatus
 from samples import address, order_email
 
 from orderflow_ingest import messages
+from orderflow_ingest.job_queue import attachment_job_id, enqueue_extract_attachments, fetch_job
 from orderflow_ingest.ops.sweep import ATTEMPTS_KEY
-from orderflow_ingest.queue import attachment_job_id, enqueue_extract_attachments, fetch_job
 
 pytestmark = pytest.mark.stack
 

@@ -17,7 +17,7 @@ from samples import address, order_email
 from support_wait import wait_for
 from test_ingest_e2e import hand_to_delivery_service
 
-from orderflow_ingest.queue import attachment_job_id
+from orderflow_ingest.job_queue import attachment_job_id
 
 pytestmark = pytest.mark.stack
 

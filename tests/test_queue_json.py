@@ -21,7 +21,7 @@ from rq import Queue
 from rq.job import JobStatus
 from samples import minimal_pdf, order_email
 
-from orderflow_ingest import queue
+from orderflow_ingest import job_queue
 
 pytestmark = pytest.mark.stack
 
@@ -58,13 +58,15 @@ def test_item12_rq_jobs_are_json_in_redis_and_still_run_end_to_end(
     stack: Any, db: Any, s3: Any, redis_conn: Any
 ) -> None:
     row = _stored_message(stack.settings, db, s3)
-    job_id = queue.attachment_job_id(row["id"])
-    assert queue.enqueue_extract_attachments(redis_conn, stack.settings, row["id"], row["trace_id"])
+    job_id = job_queue.attachment_job_id(row["id"])
+    assert job_queue.enqueue_extract_attachments(
+        redis_conn, stack.settings, row["id"], row["trace_id"]
+    )
 
     data = _raw_field(redis_conn, job_id, "data")
     assert not data.startswith(b"\x80"), "pickle protocol header"
     assert json.loads(data) == [
-        queue.EXTRACT_ATTACHMENTS,
+        job_queue.EXTRACT_ATTACHMENTS,
         None,
         [row["id"]],
         {"trace_id": row["trace_id"]},
@@ -74,14 +76,14 @@ def test_item12_rq_jobs_are_json_in_redis_and_still_run_end_to_end(
     run_worker(stack)
     status = db.execute("SELECT status FROM inbound_message WHERE id = %s", (row["id"],))
     assert status.fetchone()["status"] == "PARSED"
-    job = queue.fetch_job(redis_conn, job_id)
+    job = job_queue.fetch_job(redis_conn, job_id)
     assert job.get_status() == JobStatus.FINISHED
     result = job.latest_result()
     assert result is not None and result.return_value["status"] == "parsed"
     (document_id,) = result.return_value["documents"]
     # The hand-off to the downstream extraction queue is JSON too.
     org = db.execute("SELECT org_id::text AS id FROM inbound_message WHERE id = %s", (row["id"],))
-    downstream = _raw_field(redis_conn, queue.document_job_id(document_id), "data")
+    downstream = _raw_field(redis_conn, job_queue.document_job_id(document_id), "data")
     assert json.loads(downstream)[2] == [document_id, org.fetchone()["id"]]
 
 
@@ -107,4 +109,4 @@ def test_item12_worker_refuses_a_planted_pickle_job(
 
     run_worker(stack)
     assert not marker.exists(), "the worker unpickled a job from Redis"
-    assert queue.fetch_job(redis_conn, planted.id).get_status() == JobStatus.FAILED
+    assert job_queue.fetch_job(redis_conn, planted.id).get_status() == JobStatus.FAILED

@@ -212,7 +212,7 @@ def test_a_pickled_job_of_the_previous_release_is_failed_unread_and_sweep_requeu
     same job id, which a new worker then runs."""
     from ops_support import cli, cli_json, run_worker
 
-    from orderflow_ingest.queue import attachment_job_id, fetch_job
+    from orderflow_ingest.job_queue import attachment_job_id, fetch_job
 
     msg = order_email()
     msg.replace_header("Message-ID", f"<pickled-{uuid.uuid4().hex}@customer.example>")
@@ -265,7 +265,7 @@ def test_a_planted_pickle_never_runs_in_a_new_worker(
 
     from ops_support import run_worker
 
-    from orderflow_ingest.queue import fetch_job
+    from orderflow_ingest.job_queue import fetch_job
 
     marker = tmp_path / "unpickled"
 
@@ -391,7 +391,7 @@ def test_a_new_hosts_json_job_taken_by_an_old_worker_is_retried_and_done_by_a_ne
     from ops_support import cli
     from test_ingest_e2e import hand_to_delivery_service
 
-    from orderflow_ingest.queue import attachment_job_id, fetch_job
+    from orderflow_ingest.job_queue import attachment_job_id, fetch_job
 
     msg = order_email()
     assert (

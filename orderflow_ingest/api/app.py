@@ -11,7 +11,7 @@ from fastapi import FastAPI
 from orderflow_ingest import db, storage
 from orderflow_ingest.api import problems, routes
 from orderflow_ingest.api.context import Backends
-from orderflow_ingest.queue import make_redis
+from orderflow_ingest.job_queue import make_redis
 from orderflow_ingest.settings import Settings
 
 TITLE = "orderflow-ingest API"

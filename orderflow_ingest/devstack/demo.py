@@ -24,7 +24,7 @@ from typing import Any
 from orderflow_ingest.db import connect
 from orderflow_ingest.devstack import demo_product
 from orderflow_ingest.devstack.stack import Stack, StackOptions
-from orderflow_ingest.queue import attachment_job_id, fetch_job, make_redis
+from orderflow_ingest.job_queue import attachment_job_id, fetch_job, make_redis
 from orderflow_ingest.storage import make_client
 
 DEMO_DOMAIN = "orderflow.test"

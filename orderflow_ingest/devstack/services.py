@@ -110,7 +110,7 @@ class Worker(Service):
         if ref is None:
             return False
         try:
-            from orderflow_ingest.queue import make_redis
+            from orderflow_ingest.job_queue import make_redis
             from orderflow_ingest.settings import load_settings
 
             settings = load_settings(str(self.ctx.layout.config_file), environ={})

@@ -11,7 +11,7 @@ rather than adds; a message already PARSED or FAILED is left alone. Faults split
   the other parts still become documents;
 - a message that cannot be walked at all ends FAILED with error_json (its raw stays in S3);
 - an infrastructure fault (S3, PostgreSQL, Redis, spool disk) raises, and RQ retries it with
-  the backoff the job was enqueued with (queue.ATTACHMENT_RETRY).
+  the backoff the job was enqueued with (job_queue.ATTACHMENT_RETRY).
 """
 
 from __future__ import annotations
@@ -26,7 +26,7 @@ import psycopg
 from rq import get_current_job
 from rq.job import Job
 
-from orderflow_ingest import db, documents, messages, metrics, queue, storage
+from orderflow_ingest import db, documents, job_queue, messages, metrics, storage
 from orderflow_ingest.jobs import safetext
 from orderflow_ingest.jobs.context import JobContext, get_context
 from orderflow_ingest.jobs.extract import Document, Extraction, extract_message
@@ -43,7 +43,7 @@ class NotStoredYet(Exception):
 
 
 @dataclass
-class Outcome:
+class ExtractionResult:
     """What one run did; also the job's result in RQ (kept small)."""
 
     status: str  # parsed, failed, already_parsed, already_failed, missing
@@ -67,7 +67,7 @@ def extract_attachments(inbound_message_id: str, trace_id: str | None = None) ->
         metrics.flush()
 
 
-def run(context: JobContext, inbound_message_id: str, trace_id: str | None) -> Outcome:
+def run(context: JobContext, inbound_message_id: str, trace_id: str | None) -> ExtractionResult:
     started = time.monotonic()
     settings = context.settings
     fields: dict[str, Any] = {"inbound_message_id": inbound_message_id, "trace_id": trace_id}
@@ -77,7 +77,7 @@ def run(context: JobContext, inbound_message_id: str, trace_id: str | None) -> O
             if row is None:
                 conn.rollback()
                 log_event("attachments.message_missing", logging.ERROR, **fields)
-                return Outcome("missing", [])
+                return ExtractionResult("missing", [])
             fields.update(
                 trace_id=trace_id or row["trace_id"],
                 org_id=row["org_id"],
@@ -96,7 +96,7 @@ def run(context: JobContext, inbound_message_id: str, trace_id: str | None) -> O
                     document_ids=[document["id"] for document in existing],
                     **fields,
                 )
-                return Outcome(f"already_{status.lower()}", [d["id"] for d in existing])
+                return ExtractionResult(f"already_{status.lower()}", [d["id"] for d in existing])
             if status != "STORED":
                 raise NotStoredYet(f"inbound_message {inbound_message_id} is {status}")
             log_event("attachments.started", raw_storage_key=row["raw_storage_key"], **fields)
@@ -141,7 +141,7 @@ def _store(
     row: dict[str, Any],
     extraction: Extraction,
     fields: dict[str, Any],
-) -> Outcome:
+) -> ExtractionResult:
     """Rows, objects and status in one transaction (the row lock is still held).
 
     Each document's row is written first, in a savepoint, and its object only once the row is
@@ -164,7 +164,7 @@ def _store(
             **fields,
         )
         metrics.count("smtp_processing_errors_total", org_id=org_id, error_type="unparseable")
-        return Outcome("failed", [])
+        return ExtractionResult("failed", [])
     stored: list[str] = []
     ids: list[str] = []
     rejected = 0
@@ -223,7 +223,7 @@ def _store(
             **fields,
         )
     metrics.count("orderflow_documents_extracted_total", len(ids))
-    return Outcome("parsed", stored, skipped=len(extraction.skipped) + rejected)
+    return ExtractionResult("parsed", stored, skipped=len(extraction.skipped) + rejected)
 
 
 def _save_row(
@@ -311,14 +311,14 @@ def _summary(document: Document) -> dict[str, Any]:
     }
 
 
-def _hand_off(context: JobContext, outcome: Outcome, fields: dict[str, Any]) -> None:
+def _hand_off(context: JobContext, outcome: ExtractionResult, fields: dict[str, Any]) -> None:
     """extract_document(document_id, org_id) once per stored document (deterministic job ids).
 
     After the commit, so the downstream job always finds its row; a Redis fault here raises,
     and the retried run finds PARSED and enqueues whatever is still missing.
     """
     for document_id in outcome.documents:
-        enqueued = queue.enqueue_extract_document(
+        enqueued = job_queue.enqueue_extract_document(
             context.redis, context.settings, document_id, fields["org_id"], fields["trace_id"]
         )
         log_event("attachments.handed_off", document_id=document_id, enqueued=enqueued, **fields)
@@ -335,10 +335,10 @@ def _ensure_handed_off(
     for document in existing:
         if document["status"] != "STORED":
             continue
-        job_id = queue.document_job_id(document["id"])
+        job_id = job_queue.document_job_id(document["id"])
         if Job.exists(job_id, connection=context.redis):
             continue
-        queue.enqueue_extract_document(
+        job_queue.enqueue_extract_document(
             context.redis, context.settings, document["id"], fields["org_id"], fields["trace_id"]
         )
         log_event("attachments.handed_off", document_id=document["id"], late=True, **fields)

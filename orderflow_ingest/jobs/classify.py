@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 from enum import StrEnum
 from urllib.parse import unquote
 
-from orderflow_ingest.jobs import mimetypes
+from orderflow_ingest.jobs import file_types
 from orderflow_ingest.jobs.walker import PartInfo
 
 
@@ -72,13 +72,13 @@ TNEF_TYPES = {"application/ms-tnef"}
 # Leaves of these types are files even without a name: a bare application/pdf part in
 # multipart/mixed is an order from an ERP system, not body text.
 NAMELESS_FILE_TYPES = {
-    mimetypes.PDF,
-    mimetypes.ZIP,
-    mimetypes.XLSX,
-    mimetypes.XLS,
-    mimetypes.DOCX,
-    mimetypes.DOC,
-    mimetypes.OCTET_STREAM,
+    file_types.PDF,
+    file_types.ZIP,
+    file_types.XLSX,
+    file_types.XLS,
+    file_types.DOCX,
+    file_types.DOC,
+    file_types.OCTET_STREAM,
     "application/vnd.oasis.opendocument.spreadsheet",
     "application/vnd.ms-excel.sheet.macroenabled.12",
 }
@@ -92,7 +92,7 @@ def classify_container(info: PartInfo, walked: bool, reason: str) -> Decision:
 
 def classify_leaf(info: PartInfo) -> Decision:
     """Decide a leaf from its headers (images with a name wait for `decide_image`)."""
-    content_type = mimetypes.declared_type(info.content_type, info.filename)
+    content_type = file_types.declared_type(info.content_type, info.filename)
     named = info.filename is not None
     attachment = info.disposition == "attachment"
 
@@ -103,7 +103,7 @@ def classify_leaf(info: PartInfo) -> Decision:
     if content_type in OTHER_NOT_DOCUMENTS:
         return Decision(Kind.NOT_DOCUMENT, OTHER_NOT_DOCUMENTS[content_type])
     if content_type in TNEF_TYPES or (
-        (info.filename or "").lower() == "winmail.dat" and mimetypes.is_generic(content_type)
+        (info.filename or "").lower() == "winmail.dat" and file_types.is_generic(content_type)
     ):
         return Decision(Kind.TNEF, "Outlook TNEF (winmail.dat): the files inside are documents")
     if content_type in ("message/rfc822", "message/global"):

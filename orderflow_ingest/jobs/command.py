@@ -56,7 +56,12 @@ def inspect(
     Touches no backend. Malformed input still gives a result (with defects) and exit 0.
     Example: orderflow-ingest inspect order.eml --json
     """
-    from orderflow_ingest.jobs.inspect import inspect_file, inspect_stream, render_json, render_text
+    from orderflow_ingest.jobs.part_inspection import (
+        inspect_file,
+        inspect_stream,
+        render_json,
+        render_text,
+    )
 
     if str(file) == "-":
         result = inspect_stream(sys.stdin.buffer, max_depth=max_depth)

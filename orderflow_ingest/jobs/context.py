@@ -17,7 +17,7 @@ import os
 from dataclasses import dataclass, field
 from typing import Any
 
-from orderflow_ingest import metrics, queue, storage
+from orderflow_ingest import job_queue, metrics, storage
 from orderflow_ingest.settings import Settings, load_settings
 
 
@@ -47,7 +47,7 @@ class JobContext:
     @property
     def redis(self) -> Any:
         if self._redis is None:
-            self._redis = queue.make_redis(self.settings)
+            self._redis = job_queue.make_redis(self.settings)
             metrics.configure(self._redis, flush_interval=None, host=self.settings.metrics_host)
         return self._redis
 

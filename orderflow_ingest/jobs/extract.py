@@ -17,7 +17,7 @@ import tempfile
 from dataclasses import asdict, dataclass, field
 from typing import Any, BinaryIO
 
-from orderflow_ingest.jobs import filenames, mimetypes, safetext, sandbox, tnef
+from orderflow_ingest.jobs import file_types, filenames, safetext, sandbox, tnef
 from orderflow_ingest.jobs.classify import (
     Decision,
     Kind,
@@ -242,7 +242,7 @@ class _Extractor:
         original = safetext.clean_optional(info.filename or end.uuencode_name, limit=None)
         declared = "" if info.type_defaulted else info.content_type
         safe = filenames.sanitise(original)
-        mime_type = mimetypes.refine(declared, safe or original, sink.head)
+        mime_type = file_types.refine(declared, safe or original, sink.head)
         status = "FAILED" if failed else "STORED"
         defects = list(info.defects) + list(end.defects)
         if end.truncated or end.corrupt:
@@ -296,7 +296,7 @@ class _Extractor:
             path = f"{info.path}.{inner.index_path}"
             original = safetext.clean_optional(inner.name, limit=None)
             safe = filenames.sanitise(original)
-            mime_type = mimetypes.refine("", safe, inner.head)
+            mime_type = file_types.refine("", safe, inner.head)
             assert inner.spool_path is not None
             self.documents.append(
                 Document(

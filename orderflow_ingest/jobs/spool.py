@@ -10,7 +10,7 @@ import contextlib
 import hashlib
 import os
 
-from orderflow_ingest.jobs import mimetypes
+from orderflow_ingest.jobs import file_types
 
 
 class SpoolSink:
@@ -24,8 +24,8 @@ class SpoolSink:
         self.head = b""
 
     def write(self, data: bytes) -> None:
-        if len(self.head) < mimetypes.HEAD_BYTES:
-            self.head += data[: mimetypes.HEAD_BYTES - len(self.head)]
+        if len(self.head) < file_types.HEAD_BYTES:
+            self.head += data[: file_types.HEAD_BYTES - len(self.head)]
         self._hash.update(data)
         self.size += len(data)
         self._file.write(data)

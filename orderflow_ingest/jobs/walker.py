@@ -33,7 +33,7 @@ from orderflow_ingest.jobs.decoders import (
     make_decoder,
     normalise_encoding,
 )
-from orderflow_ingest.jobs.mimetypes import normalise
+from orderflow_ingest.jobs.file_types import normalise
 
 CHUNK = 256 * 1024
 MAX_LINE = 64 * 1024

@@ -32,10 +32,10 @@ from rq.registry import StartedJobRegistry
 from rq.scheduler import SCHEDULER_KEY_TEMPLATE, RQScheduler
 from rq.utils import parse_composite_key
 
-from orderflow_ingest import queue
+from orderflow_ingest import job_queue
+from orderflow_ingest.job_queue import is_json_job
 from orderflow_ingest.jobs import context
 from orderflow_ingest.logs import JsonLineFormatter, log_event, setup_logging
-from orderflow_ingest.queue import is_json_job
 from orderflow_ingest.settings import CONFIG_PATH_VARIABLE, Settings
 
 # How often a worker looks for jobs abandoned by workers on other hosts (RQ's default: 10 min).
@@ -70,7 +70,7 @@ def recover_abandoned(redis: Redis, queue_name: str, hostname: str | None = None
     """
     hostname = hostname or socket.gethostname()
     registry = StartedJobRegistry(queue_name, connection=redis)
-    rq_queue = queue.make_queue(redis, queue_name)
+    rq_queue = job_queue.make_queue(redis, queue_name)
     requeued: list[str] = []
     for entry in redis.zrange(registry.key, 0, -1):
         composite = entry.decode() if isinstance(entry, bytes) else str(entry)
@@ -138,7 +138,7 @@ def _recover_from_intermediate(
 
 def _fetch_job(redis: Redis, job_id: str) -> Job | None:
     try:
-        return queue.fetch_job(redis, job_id)
+        return job_queue.fetch_job(redis, job_id)
     except Exception:
         return None
 
@@ -259,7 +259,7 @@ def run_worker(
     from orderflow_ingest.jobs import attachments  # noqa: F401
 
     context.configure(settings).prefork()
-    redis = queue.make_redis(settings)
+    redis = job_queue.make_redis(settings)
     recovered = recover_abandoned(redis, settings.attachment_queue)
     released = release_dead_scheduler_lock(redis, settings.attachment_queue)
     if released:
@@ -270,9 +270,11 @@ def run_worker(
         "maintenance_interval": MAINTENANCE_INTERVAL,
         "job_monitoring_interval": JOB_MONITORING_INTERVAL,
         "worker_ttl": WORKER_TTL,
-        "serializer": queue.SERIALIZER,  # JSON, never pickle (see queue.py)
+        "serializer": job_queue.SERIALIZER,  # JSON, never pickle (see job_queue.py)
     }
-    worker = JsonJobWorker([queue.make_queue(redis, settings.attachment_queue)], **worker_kwargs)
+    worker = JsonJobWorker(
+        [job_queue.make_queue(redis, settings.attachment_queue)], **worker_kwargs
+    )
     log_event(
         "worker.started",
         worker=worker.name,

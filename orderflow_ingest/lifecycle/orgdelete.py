@@ -36,7 +36,7 @@ class InFlight(Exception):
 
 
 @dataclass
-class Outcome:
+class DeletionReport:
     org: dict[str, Any]
     totals: purge.Totals
     in_flight: int
@@ -49,10 +49,10 @@ def in_flight(conn: Conn, org_id: str) -> int:
     return int(row["n"]) if row else 0
 
 
-def dry_run(conn: Conn, org: dict[str, Any]) -> Outcome:
+def dry_run(conn: Conn, org: dict[str, Any]) -> DeletionReport:
     """What deletion would remove now (in-flight messages are not part of it)."""
     totals = purge.plan(conn, purge.Selection(org_id=org["id"], everything=True))
-    return Outcome(org, totals, in_flight(conn, org["id"]), deleted=False)
+    return DeletionReport(org, totals, in_flight(conn, org["id"]), deleted=False)
 
 
 def _retire_access(conn: Conn, org_id: str) -> None:
@@ -80,7 +80,7 @@ def _retire_access(conn: Conn, org_id: str) -> None:
     )
 
 
-def delete(conn: Conn, s3: Any, bucket: str, org: dict[str, Any], force: bool) -> Outcome:
+def delete(conn: Conn, s3: Any, bucket: str, org: dict[str, Any], force: bool) -> DeletionReport:
     """Disable, purge everything terminal, then tombstone (raises InFlight unless forced)."""
     org_id = org["id"]
     orgs.set_org_status(conn, org["slug"], "disabled")
@@ -91,7 +91,7 @@ def delete(conn: Conn, s3: Any, bucket: str, org: dict[str, Any], force: bool) -
     selection = purge.Selection(org_id=org_id, everything=True)
     totals = purge.purge(conn, s3, bucket, selection, reason="org deleted")
     if totals.failed:
-        return Outcome(org, totals, waiting, deleted=False)
+        return DeletionReport(org, totals, waiting, deleted=False)
     _retire_access(conn, org_id)
     orgs.tombstone(conn, org_id)
     events.record(
@@ -108,4 +108,4 @@ def delete(conn: Conn, s3: Any, bucket: str, org: dict[str, Any], force: bool) -
         },
     )
     conn.commit()
-    return Outcome(org, totals, waiting, deleted=True)
+    return DeletionReport(org, totals, waiting, deleted=True)

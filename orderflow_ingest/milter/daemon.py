@@ -315,8 +315,8 @@ def serve(settings: Settings) -> int:
     except StartupError as error:
         log_event("milter.start_failed", logging.ERROR, error=str(error))
         return error.status
+    from orderflow_ingest.job_queue import make_redis
     from orderflow_ingest.milter.handler import OrderflowMilter
-    from orderflow_ingest.queue import make_redis
 
     config, pool = build_milter_config(settings, psl)
     metrics.configure(make_redis(settings), host=settings.metrics_host)

@@ -27,10 +27,10 @@ from typing import Any, TypeVar
 import Milter
 
 from orderflow_ingest import metrics
-from orderflow_ingest.authresults import claims
+from orderflow_ingest.auth_verdicts import claims
 from orderflow_ingest.logs import log_event
 from orderflow_ingest.milter import replies
-from orderflow_ingest.milter.authresults import HEADER_NAME, header_value, indices_to_remove
+from orderflow_ingest.milter.authresults_header import HEADER_NAME, header_value, indices_to_remove
 from orderflow_ingest.milter.dkim_body import BodyHashes
 from orderflow_ingest.milter.dkim_check import (
     MAX_SIGNATURES,

@@ -60,7 +60,7 @@ def _backends(settings: Any, s3: bool = True) -> Iterator[tuple[Any, Any, Any]]:
 
     from orderflow_ingest import metrics
     from orderflow_ingest.db import connect
-    from orderflow_ingest.queue import make_redis
+    from orderflow_ingest.job_queue import make_redis
 
     try:
         conn = connect(settings.database_url, timeout=settings.backend_timeout)

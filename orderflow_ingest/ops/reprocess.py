@@ -25,14 +25,14 @@ from rq.job import JobStatus
 
 from orderflow_ingest import messages, metrics
 from orderflow_ingest.db import Conn
-from orderflow_ingest.logs import log_event
-from orderflow_ingest.ops import queries
-from orderflow_ingest.queue import (
+from orderflow_ingest.job_queue import (
     attachment_job_id,
     enqueue_extract_attachments,
     fetch_job,
     job_is_live,
 )
+from orderflow_ingest.logs import log_event
+from orderflow_ingest.ops import queries
 from orderflow_ingest.settings import Settings
 
 # Actions, as reported per message.

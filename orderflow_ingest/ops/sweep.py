@@ -26,14 +26,14 @@ from rq.job import JobStatus
 
 from orderflow_ingest import messages, metrics
 from orderflow_ingest.db import Conn
-from orderflow_ingest.logs import log_event
-from orderflow_ingest.ops import postfix_queue, queries
-from orderflow_ingest.queue import (
+from orderflow_ingest.job_queue import (
     LIVE_STATES,
     attachment_job_id,
     enqueue_extract_attachments,
     fetch_job,
 )
+from orderflow_ingest.logs import log_event
+from orderflow_ingest.ops import postfix_queue, queries
 from orderflow_ingest.settings import Settings
 
 ATTEMPTS_KEY = "orderflow:sweep:attempts:{}"

@@ -17,10 +17,10 @@ from typing import Any
 
 from orderflow_ingest import documents, messages
 from orderflow_ingest.db import Conn
+from orderflow_ingest.job_queue import attachment_job_id, document_job_id, fetch_job
 from orderflow_ingest.ops import postfix_queue, queries
 from orderflow_ingest.ops.terminal import safe_data
 from orderflow_ingest.ops.timeparse import human_duration
-from orderflow_ingest.queue import attachment_job_id, document_job_id, fetch_job
 from orderflow_ingest.settings import Settings
 
 DEBIAN_MAILLOG = "/var/log/mail.log"

@@ -12,7 +12,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 
 from orderflow_ingest import headertext
-from orderflow_ingest.authresults import claims
+from orderflow_ingest.auth_verdicts import claims
 
 SYNTHETIC_DOMAIN = "synthetic.orderflow"
 # Beyond this a Message-ID is replaced by its hash: the dedup index must stay small, and no

@@ -24,13 +24,13 @@ from psycopg_pool import PoolTimeout
 
 from orderflow_ingest import events, headertext, messages, metrics, storage
 from orderflow_ingest.addressing import org_slug
-from orderflow_ingest.authresults import parse_our_verdicts
+from orderflow_ingest.auth_verdicts import parse_our_verdicts
 from orderflow_ingest.db import Conn, Pool, is_broken_connection
+from orderflow_ingest.job_queue import enqueue_extract_attachments
 from orderflow_ingest.logs import log_event
 from orderflow_ingest.orgs import org_lifecycle
 from orderflow_ingest.outcomes import Outcome
 from orderflow_ingest.pipe import headers
-from orderflow_ingest.queue import enqueue_extract_attachments
 from orderflow_ingest.settings import Settings
 
 # error_json reason of a message held for a disabled org (`org enable` + `reprocess` frees it).

@@ -18,7 +18,7 @@ import tempfile
 from collections.abc import Callable
 from typing import Any
 
-from orderflow_ingest.jobs import decoders, filenames, inspect, walker
+from orderflow_ingest.jobs import decoders, filenames, part_inspection, walker
 from orderflow_ingest.pipe import headers, protocol
 
 # --- shared checks -----------------------------------------------------------------------------
@@ -363,9 +363,9 @@ def inspect_target(data: bytes) -> None:
             extraction.close()
         assert os.listdir(spool_dir) == [], "spool files left behind"
     # inspect's own promise: a result for any input, and a text rendering of it.
-    rendered = inspect.inspect_stream(io.BytesIO(data), max_depth=8)
+    rendered = part_inspection.inspect_stream(io.BytesIO(data), max_depth=8)
     assert "error" in rendered
-    inspect.render_text(rendered)
+    part_inspection.render_text(rendered)
 
 
 TARGETS: dict[str, Callable[[bytes], None]] = {

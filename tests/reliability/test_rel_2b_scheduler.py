@@ -24,7 +24,7 @@ from rq.registry import ScheduledJobRegistry
 from smtp_load import MessageFactory, SmtpLoad
 from support_wait import poll_until
 
-from orderflow_ingest.queue import make_redis
+from orderflow_ingest.job_queue import make_redis
 
 pytestmark = [pytest.mark.reliability, pytest.mark.stack, pytest.mark.timeout(600)]
 

@@ -4,7 +4,7 @@ Every value that goes into it came from the sender (envelope address, HELO, d= a
 signature, the From domain), so each is checked against the syntax it must have and left out
 when it does not fit: a local part such as `a;dkim=pass` must not be able to add a result to
 our header. Which existing headers claim our authserv-id is decided by the shared
-`orderflow_ingest.authresults.claims` rule, as each header arrives.
+`orderflow_ingest.auth_verdicts.claims` rule, as each header arrives.
 """
 
 from __future__ import annotations
