@@ -1,9 +1,12 @@
 """`make demo`: one real order email with a PDF through Postfix, and what comes out of it.
 
-Starts the throwaway stack (or reuses a running one), sends the email over SMTP to the stack's
-Postfix, then prints the inbound_message row, the raw object in S3, the queued RQ job and, once
-a burst worker has run, the documents and their hand-off jobs. The stack keeps running so you
-can look around; `orderflow-ingest dev down` stops it.
+Starts the whole throwaway system (what `orderflow-ingest dev up` starts: Postfix with the
+milter, the delivery service, one worker, the API with the web inbox), or reuses a running one,
+sends the email over SMTP to the stack's Postfix, then prints the inbound_message row, the raw
+object in S3, the RQ job and, once the worker has run it, the documents and their hand-off
+jobs, the API's view and the webhooks. Last it signs in a demo user (admin of acme): the web
+inbox's URL and a fresh sign-in link. The stack keeps running, the inbox with it, until
+`orderflow-ingest dev down`.
 """
 
 from __future__ import annotations
@@ -11,7 +14,6 @@ from __future__ import annotations
 import json
 import os
 import smtplib
-import subprocess
 import sys
 import time
 from datetime import UTC, datetime
@@ -21,13 +23,23 @@ from email.utils import format_datetime, make_msgid
 from pathlib import Path
 from typing import Any
 
+from orderflow_ingest import documents, messages, orgs
 from orderflow_ingest.db import connect
 from orderflow_ingest.devstack import demo_product
 from orderflow_ingest.devstack.stack import Stack, StackOptions
-from orderflow_ingest.job_queue import attachment_job_id, fetch_job, make_redis
+from orderflow_ingest.job_queue import attachment_job_id, document_job_id, fetch_job, make_redis
 from orderflow_ingest.storage import make_client
 
 DEMO_DOMAIN = "orderflow.test"
+DEMO_ORG = "acme"
+DEMO_USER = "demo@acme.example"
+DEMO_PDF = "PO-4711.pdf"
+ROW_FIELDS = (
+    "id", "org_id", "source", "source_message_id", "from_email", "subject", "status",
+    "raw_storage_key", "sha256", "size_bytes", "trace_id", "postfix_queue_id", "auth_results",
+    "received_at",
+)  # fmt: skip
+DOCUMENT_FIELDS = ("id", "part_path", "file_name", "mime_type", "size_bytes", "sha256")
 
 
 def minimal_pdf(line: str = "Purchase order PO-4711: 12 x widget") -> bytes:
@@ -64,7 +76,7 @@ def order_email(recipient: str) -> EmailMessage:
     msg["Date"] = format_datetime(datetime.now(UTC))
     msg["Message-ID"] = make_msgid(domain="customer.example")
     msg.set_content("Hello,\n\nplease find our purchase order PO-4711 attached.\n")
-    msg.add_attachment(minimal_pdf(), maintype="application", subtype="pdf", filename="PO-4711.pdf")
+    msg.add_attachment(minimal_pdf(), maintype="application", subtype="pdf", filename=DEMO_PDF)
     return msg
 
 
@@ -76,33 +88,36 @@ def show(data: dict[str, Any]) -> None:
     print(json.dumps(data, indent=2, default=str))
 
 
-def wait_for_row(settings: Any, message_id: str, statuses: tuple[str, ...]) -> dict[str, Any]:
-    deadline = time.monotonic() + 60
+def pick(row: dict[str, Any], names: tuple[str, ...]) -> dict[str, Any]:
+    return {name: row[name] for name in names}
+
+
+def wait_for_row(
+    settings: Any, slug: str, message_id: str, statuses: tuple[str, ...], timeout: float = 90
+) -> dict[str, Any]:
+    deadline = time.monotonic() + timeout
     with connect(settings.database_url) as conn:
+        org = orgs.org_by_slug(conn, slug)
+        if org is None:
+            raise SystemExit(f"demo: no org {slug}")
         while time.monotonic() < deadline:
-            row = conn.execute(
-                "SELECT id::text AS id, org_id::text AS org_id, source, source_message_id,"
-                " from_email::text AS from_email, subject, status, raw_storage_key, sha256,"
-                " size_bytes, trace_id, postfix_queue_id, auth_results, received_at"
-                " FROM inbound_message WHERE source_message_id = %s",
-                (message_id,),
-            ).fetchone()
+            row = messages.find_by_message_id(conn, str(org["id"]), message_id)
             conn.rollback()
             if row and row["status"] in statuses:
                 return row
             time.sleep(0.2)
-    raise SystemExit(f"demo: no {'/'.join(statuses)} row for {message_id} after 60 s")
+    raise SystemExit(f"demo: no {'/'.join(statuses)} row for {message_id} after {timeout:.0f} s")
 
 
 def main() -> int:
     base_dir = Path(os.environ.get("ORDERFLOW_DEV_DIR", ".devstack")).resolve()
     heading(f"starting the local stack in {base_dir}")
-    stack = Stack(base_dir, StackOptions(ingest_domain=DEMO_DOMAIN, milter=True)).up()
-    recipient = f"orders+acme@{DEMO_DOMAIN}"
+    stack = Stack(base_dir, StackOptions.whole_system(ingest_domain=DEMO_DOMAIN)).up()
+    recipient = f"orders+{DEMO_ORG}@{DEMO_DOMAIN}"
     msg = order_email(recipient)
     logs = base_dir / "logs"
-    heading("an API key and a webhook endpoint for org acme; the API and the dispatcher")
-    product = demo_product.start(stack, "acme", logs)
+    heading(f"an API key and a webhook endpoint for org {DEMO_ORG}; the webhook dispatcher")
+    product = demo_product.start(stack, DEMO_ORG, logs)
     try:
         return _run(stack, base_dir, msg, recipient, product)
     finally:
@@ -120,9 +135,9 @@ def _run(stack: Stack, base_dir: Path, msg: EmailMessage, recipient: str, produc
         smtp.send_message(msg, from_addr="purchasing@customer.example", to_addrs=[recipient])
     print("Postfix answered 250: the message is on Postfix's disk")
 
-    row = wait_for_row(settings, msg["Message-ID"], ("STORED", "PARSED"))
+    row = wait_for_row(settings, DEMO_ORG, msg["Message-ID"], ("STORED", "PARSED"))
     heading("inbound_message row")
-    show(row)
+    show(pick(row, ROW_FIELDS))
 
     heading("raw MIME in S3")
     s3 = make_client(settings)
@@ -132,39 +147,42 @@ def _run(stack: Stack, base_dir: Path, msg: EmailMessage, recipient: str, produc
     for header in stamped:
         print("Authentication-Results: " + " ".join(str(header).split()))
 
-    heading("queued RQ job")
+    heading("the RQ job the delivery service queued")
     redis = make_redis(settings)
     job = fetch_job(redis, attachment_job_id(row["id"]))
     status = job.get_status()
     print(f"{job.id}: {job.func_name}{job.args}  queue={job.origin}  status={status.value}")
 
-    worker_log = base_dir / "logs" / "demo-worker.log"
-    heading(f"running one burst worker to extract the attachments (log: {worker_log})")
-    worker = [sys.executable, "-m", "orderflow_ingest.entry", "worker", "--burst"]
-    with worker_log.open("ab") as log:
-        subprocess.run(
-            [*worker, "--config", str(stack.config_path)], check=False, stdout=log, stderr=log
-        )
-    parsed = wait_for_row(settings, msg["Message-ID"], ("PARSED", "FAILED"))
+    worker_log = stack.component_log("worker")
+    heading(f"the stack's worker extracts the attachments (log: {worker_log})")
+    parsed = wait_for_row(settings, DEMO_ORG, msg["Message-ID"], ("PARSED", "FAILED"))
     with connect(settings.database_url) as conn:
-        documents = conn.execute(
-            "SELECT id::text AS id, part_path, file_name, mime_type, size_bytes, sha256,"
-            " storage_key FROM document WHERE inbound_message_id = %s ORDER BY part_path",
-            (row["id"],),
-        ).fetchall()
+        found = documents.documents_for_message(conn, row["id"])
     print(f"inbound_message {parsed['id']} is {parsed['status']}")
-    for document in documents:
-        show(document)
+    for document in found:
+        show({**pick(document, DOCUMENT_FIELDS), "storage_key": document["storage_key"]})
     heading("hand-off to the extraction pipeline")
-    for document in documents:
-        extract = fetch_job(redis, f"extract-document-{document['id']}")
+    for document in found:
+        extract = fetch_job(redis, document_job_id(document["id"]))
         print(f"{extract.id}: {extract.func_name}{extract.args}  queue={extract.origin}")
 
     demo_product.show(product, parsed, heading)
 
-    heading("the stack is still running (the demo's API and dispatcher stop now)")
-    print(f'  eval "$({sys.prefix}/bin/orderflow-ingest dev env --dir {base_dir})"')
-    print(f"  {sys.prefix}/bin/orderflow-ingest dev down --dir {base_dir}")
+    cli = f"{sys.prefix}/bin/orderflow-ingest"
+    heading(f"the web inbox: {DEMO_USER} is admin of {DEMO_ORG}")
+    link = demo_product.sign_in_link(stack, DEMO_USER, DEMO_ORG)
+    print(f"  inbox:        {stack.inbox_url}/o/{DEMO_ORG}")
+    print(f"  sign in:      {link}")
+    minutes = settings.inbox_link_ttl // 60
+    print(f"                (single use, valid {minutes} minutes: open it, press Sign in)")
+    print(f"  another link: {cli} user link {DEMO_USER} --config {stack.config_path}")
+    print(f"  then search:  filename:{DEMO_PDF}")
+    print(f"  API:          {stack.api_url}/v1 (docs/api.md)")
+
+    heading("the stack keeps running, the API and the web inbox with it")
+    print("(the demo's webhook dispatcher and receiver stop now)")
+    print(f'  eval "$({cli} dev env --dir {base_dir})"')
+    print(f"  {cli} dev down --dir {base_dir}")
     return 0
 
 

@@ -1,8 +1,10 @@
-"""The demo's product half: an API key for one org, the HTTP API, a signed raw download, and
-signed webhooks arriving at a local receiver that verifies them with `standardwebhooks`.
+"""The demo's product half: an API key for one org, the stack's HTTP API, a signed raw
+download, signed webhooks arriving at a local receiver that verifies them with
+`standardwebhooks`, and a user of the web inbox with a sign-in link.
 
 Everything goes through the commands a newcomer would type (`key create`, `webhook create`,
-`api`, `webhook-dispatcher`); the API and the dispatcher run for the demo only.
+`webhook-dispatcher`, `user add`, `user link`). The API (and the inbox it serves) is a part
+of the stack and keeps running; the dispatcher and the receiver run for the demo only.
 """
 
 from __future__ import annotations
@@ -105,18 +107,29 @@ class Product:
                 process.kill()
 
 
-def _cli(stack: Stack, *args: str, env: dict[str, str] | None = None) -> dict[str, Any]:
+def _environ(extra: dict[str, str] | None = None) -> dict[str, str]:
+    """This process's environment without the shell's ORDERFLOW_* settings (another stack's,
+    say, which would win over the stack's env file), plus `extra`."""
+    clean = {name: value for name, value in os.environ.items() if not name.startswith("ORDERFLOW_")}
+    return {**clean, **(extra or {})}
+
+
+def _run_cli(stack: Stack, *args: str, env: dict[str, str] | None = None) -> str:
     result = subprocess.run(
         [sys.executable, "-m", "orderflow_ingest.entry", *args, "--config", str(stack.config_path)],
         capture_output=True,
         text=True,
-        env={**os.environ, **(env or {})},
+        env=_environ(env),
         timeout=120,
         check=False,
     )
     if result.returncode != 0:
         raise RuntimeError(f"orderflow-ingest {args[0]} failed: {result.stderr.strip()}")
-    data: dict[str, Any] = json.loads(result.stdout)
+    return result.stdout
+
+
+def _cli(stack: Stack, *args: str, env: dict[str, str] | None = None) -> dict[str, Any]:
+    data: dict[str, Any] = json.loads(_run_cli(stack, *args, env=env))
     return data
 
 
@@ -135,7 +148,7 @@ def _background(
             ],
             stdout=handle,
             stderr=handle,
-            env={**os.environ, **env},
+            env=_environ(env),
         )
 
 
@@ -153,7 +166,8 @@ def _wait(check: Callable[[], Any], timeout: float, what: str) -> Any:
 
 
 def start(stack: Stack, slug: str, logs: Path) -> Product:
-    """A key and a webhook endpoint for `slug`, the API, the dispatcher and the receiver."""
+    """A key and a webhook endpoint for `slug`, the dispatcher and the receiver; the stack's
+    API must be running (StackOptions.api)."""
     created = _cli(
         stack,
         "key", "create", "demo-erp", "--org", slug,
@@ -167,14 +181,12 @@ def start(stack: Stack, slug: str, logs: Path) -> Product:
     )  # fmt: skip
     receiver.secret = endpoint["secret"]
     receiver.start()
-    listen = f"127.0.0.1:{_free_port()}"
-    api = _background(stack, logs / "demo-api.log", "api", env={"ORDERFLOW_API_LISTEN": listen})
     dispatcher = _background(
         stack, logs / "demo-webhook-dispatcher.log", "webhook-dispatcher", env=DEMO_WEBHOOK_ENV
     )
-    product = Product(stack, created["secret"], f"http://{listen}", receiver, [api, dispatcher])
+    product = Product(stack, created["secret"], stack.api_url, receiver, [dispatcher])
     try:
-        _wait(lambda: product.get("/v1/messages?limit=1"), 60, f"the API on {listen}")
+        _wait(lambda: product.get("/v1/messages?limit=1"), 60, f"the API on {stack.api_url}")
     except BaseException:
         product.stop()
         raise
@@ -210,3 +222,10 @@ def show(product: Product, row: dict[str, Any], heading: Callable[[str], None]) 
         print(f"  verified {event['webhook-id']}: {event['type']}")
     if product.receiver.rejected:
         print(f"  {product.receiver.rejected} request(s) failed verification")
+
+
+def sign_in_link(stack: Stack, email: str, slug: str) -> str:
+    """Make `email` admin of `slug` (`user add`, idempotent) and return a fresh single-use
+    sign-in link for the stack's inbox (`user link`)."""
+    _cli(stack, "user", "add", email, "--org", f"{slug}:admin", "--name", "Demo", "--json")
+    return _run_cli(stack, "user", "link", email).strip()

@@ -20,7 +20,8 @@ EXTERNAL_SETTINGS = (
 
 @dataclass(frozen=True)
 class StackOptions:
-    """Options of one stack. Defaults suit the tests: no milter, no workers, real delivery.
+    """Options of one stack. Defaults suit the tests: no milter, no workers, no API, real
+    delivery. `StackOptions.whole_system()` is what `dev up` and `make demo` start.
 
     external: ORDERFLOW_* URLs of servers to use instead of starting our own (`dev up` fills
     it from the environment); the stack then runs migrations and creates orgs and the bucket
@@ -31,6 +32,9 @@ class StackOptions:
     milter: bool = False
     workers: int = 0
     deliver: bool = True
+    # `orderflow-ingest api` (the HTTP API at /v1 and the web inbox at /inbox) on a loopback
+    # port chosen at the first start and kept, plain HTTP (ORDERFLOW_INBOX_COOKIE_SECURE=false).
+    api: bool = False
     org_slugs: tuple[str, ...] = ("acme",)
     extra_settings: dict[str, str] = field(default_factory=dict)
     # pipe(8) processes Postfix may run at once (master.cf maxproc of the orderflow service).
@@ -43,6 +47,12 @@ class StackOptions:
     # The unprivileged user of the pipe client and of our services, as in production.
     service_user: str = "orderflow"
     s3_bucket: str = "orderflow-dev"
+
+    @classmethod
+    def whole_system(cls, **changes: Any) -> StackOptions:
+        """Everything a person trying it wants: Postfix with the milter, the delivery service,
+        one worker and the API with the web inbox (`dev up`'s and the demo's default)."""
+        return cls(**{"milter": True, "workers": 1, "api": True, **changes})
 
     def as_dict(self) -> dict[str, Any]:
         data = asdict(self)

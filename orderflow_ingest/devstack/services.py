@@ -1,4 +1,4 @@
-"""Our own long-running programs: the delivery service, the milter and RQ workers.
+"""Our own long-running programs: the delivery service, the milter, RQ workers and the API.
 
 They run as the unprivileged service user, as in production, from the virtualenv's
 `orderflow-ingest` script with `--config` pointing at the stack's env file, and with an
@@ -12,7 +12,7 @@ from pathlib import Path
 
 from orderflow_ingest.devstack import accounts
 from orderflow_ingest.devstack.component import Component, Context, check_socket_path, venv_bin
-from orderflow_ingest.devstack.processes import spawn, wait_until
+from orderflow_ingest.devstack.processes import listens_on, port_is_free, spawn, wait_until
 
 START_TIMEOUT = 30
 
@@ -120,6 +120,31 @@ class Worker(Service):
                 return any(worker.pid == ref.pid for worker in RqWorker.all(connection=redis))
         except Exception:
             return False
+
+
+class ApiService(Service):
+    """`orderflow-ingest api`: the HTTP API (/v1) and the web inbox (/inbox), one process.
+
+    It listens on ORDERFLOW_API_LISTEN of the env file (the stack's `api.port`); ready once
+    that port is held by the process we started.
+    """
+
+    name = "api"
+    command = "api"
+
+    @property
+    def port(self) -> int:
+        return self.ctx.port("api.port")
+
+    def _start(self) -> None:
+        # The env file names this port (Stack._prepare chose it): it must be free now.
+        if not port_is_free(self.port):
+            raise self.fail(f"port {self.port} (api.port) is in use by another process")
+        super()._start()
+
+    def ready(self) -> bool:
+        ref = self.ctx.ref(self.name)
+        return ref is not None and listens_on(ref.pid, self.port)
 
 
 def _listening(path: Path) -> bool:

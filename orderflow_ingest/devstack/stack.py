@@ -1,6 +1,6 @@
 """The throwaway local stack: PostgreSQL, Redis, S3, Postfix and our own services.
 
-One object serves the demo (`orderflow-ingest dev up`), the test fixtures and the benchmarks:
+One object serves `orderflow-ingest dev up`, the demo, the test fixtures and the benchmarks:
 
     stack = Stack(base_dir, StackOptions()).up()
     ...                       # SMTP to stack.smtp_host:stack.smtp_port, settings in stack.settings
@@ -37,12 +37,12 @@ from orderflow_ingest.devstack.postfix import Postfix
 from orderflow_ingest.devstack.postgres import Postgres, ensure_pg_user
 from orderflow_ingest.devstack.redis_server import RedisServer
 from orderflow_ingest.devstack.s3_server import S3Server
-from orderflow_ingest.devstack.services import DeliverService, MilterService, Worker
+from orderflow_ingest.devstack.services import ApiService, DeliverService, MilterService, Worker
 from orderflow_ingest.devstack.state import StackState
 
 __all__ = ["Stack", "StackError", "StackOptions"]
 
-COMPONENT_NAMES = ("postgres", "redis", "s3", "postfix", "deliver", "milter", "worker")
+COMPONENT_NAMES = ("postgres", "redis", "s3", "postfix", "deliver", "milter", "worker", "api")
 BACKENDS = ("postgres", "redis", "s3")
 SMTP_HOST = "127.0.0.1"
 
@@ -64,6 +64,7 @@ class Stack:
         self.postfix = Postfix(self.ctx)
         self.deliver = DeliverService(self.ctx)
         self.milter = MilterService(self.ctx)
+        self.api = ApiService(self.ctx)
         self._settings: Any = None
         self.up_seconds = 0.0
 
@@ -112,6 +113,8 @@ class Stack:
         if self.options.milter:
             services.append(self.milter)
         services.extend(self._workers())
+        if self.options.api:
+            services.append(self.api)
         self._parallel([service.start for service in services])
 
     def down(self) -> None:
@@ -121,7 +124,7 @@ class Stack:
         parallel, since weed and the milter take seconds to stop cleanly.
         """
         _quietly(self.postfix.stop)
-        services = [*self._all_workers(), self.milter, self.deliver]
+        services = [self.api, *self._all_workers(), self.milter, self.deliver]
         self._parallel([partial(_quietly, c.stop) for c in services])
         servers = (self.s3, self.redis, self.postgres)
         self._parallel([partial(_quietly, c.stop) for c in servers])
@@ -134,6 +137,8 @@ class Stack:
     def start_component(self, name: str) -> None:
         if name == "worker" and not self._all_workers():
             raise StackError("worker", "this stack has no workers (StackOptions.workers)")
+        if name == "api" and "api.port" not in self.ctx.state.ports:
+            raise StackError("api", "this stack has no API (StackOptions.api)")
         for component in self._components(name):
             component.start()
 
@@ -182,6 +187,15 @@ class Stack:
     @property
     def smtp_port(self) -> int:
         return self.ctx.port("postfix.smtp")
+
+    @property
+    def api_url(self) -> str:
+        """Base URL of the stack's API (its /v1) and web inbox (its /inbox); plain HTTP."""
+        return f"http://{SMTP_HOST}:{self.ctx.port('api.port')}"
+
+    @property
+    def inbox_url(self) -> str:
+        return self.api_url + "/inbox"
 
     @property
     def maillog_path(self) -> Path:
@@ -255,6 +269,12 @@ class Stack:
         values["ORDERFLOW_SPOOL_DIR"] = str(layout.spool)
         values["ORDERFLOW_POSTFIX_CONFIG_DIR"] = str(self.postfix.config_dir)
         values["ORDERFLOW_METRICS_LISTEN"] = f"127.0.0.1:{self.ctx.port('metrics.port')}"
+        if self.options.api:
+            # Plain HTTP on loopback: the cookie cannot be Secure, and sign-in links name
+            # this port (never a request's Host header).
+            values["ORDERFLOW_API_LISTEN"] = f"127.0.0.1:{self.ctx.port('api.port')}"
+            values["ORDERFLOW_INBOX_PUBLIC_URL"] = self.inbox_url
+            values["ORDERFLOW_INBOX_COOKIE_SECURE"] = "false"
         values.update(self.options.extra_settings)
         return values
 
@@ -292,6 +312,7 @@ class Stack:
             "deliver": [self.deliver],
             "milter": [self.milter],
             "worker": list(self._all_workers()),
+            "api": [self.api],
         }
         if name not in by_name:
             raise StackError("devstack", f"unknown component {name!r}; one of {COMPONENT_NAMES}")
@@ -324,6 +345,10 @@ class Stack:
         self.ctx.allocate_ports("postgres", ("port",))
         self.ctx.allocate_ports("redis", ("port",))
         self.ctx.allocate_ports("s3", ("s3",))
+        if self.options.api and not self.api.running():
+            # Checked now, not at the API's start: the env file names the port. Taken by
+            # someone else before the first start: another one is chosen.
+            self.ctx.ports("api", ("port",))
         self._write_env_file()
         # The delivery service reads Postfix's limits (postconf) when it starts, which may be
         # before Postfix's own start gets to it: the configuration exists from here on. (A
