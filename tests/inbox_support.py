@@ -79,10 +79,20 @@ def inbox_env(port: int, sink: SmtpSink) -> dict[str, str]:
     }
 
 
+# Webhook endpoints on loopback for the webhook pages' tests (tests/webhook_receiver.py); every
+# other address keeps the SSRF policy of webhooks/ssrf.py.
+WEBHOOKS_ON_LOOPBACK = {
+    "ORDERFLOW_WEBHOOK_ALLOW": "127.0.0.1/32",
+    "ORDERFLOW_WEBHOOK_REQUIRE_HTTPS": "false",
+}
+
+
 @contextmanager
-def inbox_server(stack: Any, sink: SmtpSink) -> Iterator[str]:
+def inbox_server(stack: Any, sink: SmtpSink, extra: dict[str, str] | None = None) -> Iterator[str]:
     """`orderflow-ingest api` (the API and the inbox, one process); yields its base URL."""
-    with api_server(stack, lambda port: inbox_env(port, sink), "/inbox/signin") as base:
+    with api_server(
+        stack, lambda port: {**inbox_env(port, sink), **(extra or {})}, "/inbox/signin"
+    ) as base:
         yield base
 
 

@@ -18,6 +18,7 @@ from conftest import send_mail
 from inbox_support import (
     CSRF_FIELD,
     TOKEN_FIELD,
+    WEBHOOKS_ON_LOOPBACK,
     add_user,
     clear_rate_limits,
     form_field,
@@ -29,6 +30,14 @@ from ops_support import cli, cli_json, run_worker, wait_status
 from psycopg.rows import dict_row
 from samples import address, minimal_pdf, order_email
 from support_wait import wait_for
+from webhook_receiver import Receiver
+from webhook_support import (
+    add_endpoint,
+    drop_endpoints,
+    record_events,
+    running_dispatcher,
+    webhook_settings,
+)
 
 pytestmark = pytest.mark.stack
 
@@ -37,6 +46,8 @@ VIEWER = "vic@acme.test"
 GLOBEX = "gus@globex.test"
 ADMIN = "ada@acme.test"
 SECRET = re.compile(r'id="secret">(ofi_live_[0-9A-Za-z]+)<')
+WEBHOOK_SECRET = re.compile(r'id="secret">(whsec_[0-9A-Za-z+/=]+)<')
+ENDPOINT_LINK = re.compile(r'href="/inbox/o/acme/webhooks/([0-9a-f-]{36})"')
 
 
 @pytest.fixture(scope="module")
@@ -69,7 +80,7 @@ def world(stack: Any, settings: Any) -> Iterator[dict[str, Any]]:
     add_user(stack, VIEWER, "acme:viewer")
     add_user(stack, GLOBEX, "globex:operator")
     add_user(stack, ADMIN, "acme:admin")
-    with smtp_sink() as sink, inbox_server(stack, sink) as base:
+    with smtp_sink() as sink, inbox_server(stack, sink, WEBHOOKS_ON_LOOPBACK) as base:
         yield {
             "base": base,
             "sink": sink,
@@ -522,3 +533,181 @@ def test_inbox_pages_newest_first_by_cursor_without_repeats(
     seen = [int(s) for s in subjects + rest]
     assert len(seen) == 57 and set(seen) == set(range(57))
     assert [n // 3 for n in seen] == sorted(n // 3 for n in seen)  # newest first
+
+
+@pytest.fixture
+def receiver() -> Iterator[Receiver]:
+    server = Receiver()
+    yield server
+    server.close()
+
+
+def test_org_admin_adds_a_webhook_sees_its_deliveries_and_redelivers(
+    stack: Any, world: dict[str, Any], db: Any, receiver: Receiver
+) -> None:
+    from standardwebhooks import Webhook
+
+    wh = webhook_settings(stack)
+    acme_org = str(world["acme"]["org_id"])
+    try:
+        with signed_in(world, ADMIN) as http:
+            page = http.get("/inbox/o/acme/webhooks")
+            assert page.status_code == 200 and "No endpoints yet" in page.text
+            csrf = form_field(CSRF_FIELD, page.text)
+            # The API's create vets the URL (webhooks/ssrf.py): cloud metadata stays refused.
+            for url in ("http://169.254.169.254/latest/meta-data", "http://10.0.0.7/hook"):
+                refused = http.post("/inbox/o/acme/webhooks", data={"url": url, "csrf": csrf})
+                assert refused.status_code == 400 and "Refused:" in refused.text, url
+            assert (
+                db.execute(
+                    "SELECT count(*) AS n FROM webhook_endpoint WHERE org_id = %s", (acme_org,)
+                ).fetchone()["n"]
+                == 0
+            )
+            created = http.post(
+                "/inbox/o/acme/webhooks",
+                data={
+                    "url": receiver.url("/acme-hook"),
+                    "event_types": "message.parsed",
+                    "description": "ERP <intake>",
+                    "csrf": csrf,
+                },
+            )
+            assert created.status_code == 200, created.text
+            secret = form_field(WEBHOOK_SECRET, created.text)
+            endpoint_id = form_field(ENDPOINT_LINK, created.text)
+            listing = http.get("/inbox/o/acme/webhooks").text
+            assert receiver.url("/acme-hook") in listing and secret not in listing
+            assert "ERP &lt;intake&gt;" in listing and "no deliveries yet" in listing
+
+            with running_dispatcher(wh):
+                [event_id] = record_events(wh, acme_org, 1, "message.parsed")
+                wait_for(lambda: receiver.requests, 30, "the first delivery")
+                first = receiver.requests[0]
+                body = Webhook(secret).verify(first.body, first.headers)
+                assert body["id"] == f"evt_{event_id}"
+
+                def delivered() -> dict[str, Any] | None:
+                    row = db.execute(
+                        "SELECT id::text AS id, status FROM webhook_delivery"
+                        " WHERE endpoint_id = %s",
+                        (endpoint_id,),
+                    ).fetchone()
+                    return row if row and row["status"] == "delivered" else None
+
+                delivery = wait_for(delivered, 30, "the delivery marked delivered")
+                detail = http.get(f"/inbox/o/acme/webhooks/{endpoint_id}").text
+                for expected in ("message.parsed", f"evt_{event_id}", "HTTP 200", "delivered"):
+                    assert expected in detail, expected
+                assert "healthy" in detail
+                again = http.post(
+                    f"/inbox/o/acme/webhooks/deliveries/{delivery['id']}/redeliver",
+                    data={"csrf": csrf},
+                )
+                assert again.status_code == 303
+                assert again.headers["location"] == (
+                    f"/inbox/o/acme/webhooks/{endpoint_id}?done=redeliver"
+                )
+                wait_for(lambda: len(receiver.requests) >= 2, 30, "the redelivery")
+                assert receiver.requests[1].webhook_id == first.webhook_id
+            assert "Delivery queued again" in http.get(again.headers["location"]).text
+
+            disabled = http.post(
+                f"/inbox/o/acme/webhooks/{endpoint_id}/disable", data={"csrf": csrf}
+            )
+            assert disabled.status_code == 303
+            page = http.get(disabled.headers["location"]).text
+            assert "disabled: disabled by an admin" in page and ">Enable</button>" in page
+            enabled = http.post(f"/inbox/o/acme/webhooks/{endpoint_id}/enable", data={"csrf": csrf})
+            assert enabled.status_code == 303
+            assert ">Disable</button>" in http.get(enabled.headers["location"]).text
+            gone = http.post(f"/inbox/o/acme/webhooks/{endpoint_id}/delete", data={"csrf": csrf})
+            assert gone.status_code == 303 and gone.headers["location"] == "/inbox/o/acme/webhooks"
+            assert receiver.url("/acme-hook") not in http.get("/inbox/o/acme/webhooks").text
+            assert http.get(f"/inbox/o/acme/webhooks/{endpoint_id}").status_code == 404
+    finally:
+        drop_endpoints(wh, acme_org)
+
+
+def test_webhook_pages_are_for_org_admins_only_scoped_and_csrf_checked(
+    stack: Any, world: dict[str, Any], db: Any, receiver: Receiver
+) -> None:
+    wh = webhook_settings(stack)
+    acme_org, globex_org = str(world["acme"]["org_id"]), str(world["globex"]["org_id"])
+    globex_endpoint, _ = add_endpoint(wh, globex_org, receiver.url("/globex"))
+    acme_endpoint, _ = add_endpoint(wh, acme_org, receiver.url("/acme"))
+    try:
+        with running_dispatcher(wh):
+            record_events(wh, globex_org, 1, "message.parsed")
+            record_events(wh, acme_org, 1, "message.parsed")
+            wait_for(lambda: len(receiver.requests) >= 2, 30, "a delivery to each org")
+
+        def delivery_of(endpoint: dict[str, Any]) -> str:
+            row = db.execute(
+                "SELECT id::text AS id FROM webhook_delivery WHERE endpoint_id = %s",
+                (endpoint["id"],),
+            ).fetchone()
+            return str(row["id"])
+
+        globex_delivery, acme_delivery = delivery_of(globex_endpoint), delivery_of(acme_endpoint)
+        for who in (OPERATOR, VIEWER):
+            with signed_in(world, who) as http:
+                csrf = form_field(CSRF_FIELD, http.get("/inbox/o/acme").text)
+                assert 'href="/inbox/o/acme/webhooks"' not in http.get("/inbox/o/acme").text
+                refused = http.get("/inbox/o/acme/webhooks")
+                assert refused.status_code == 403 and "Only admins of acme" in refused.text
+                assert http.get(f"/inbox/o/acme/webhooks/{acme_endpoint['id']}").status_code == 403
+                for path, data in (
+                    ("/inbox/o/acme/webhooks", {"url": receiver.url("/x"), "csrf": csrf}),
+                    (
+                        f"/inbox/o/acme/webhooks/deliveries/{acme_delivery}/redeliver",
+                        {"csrf": csrf},
+                    ),
+                    (f"/inbox/o/acme/webhooks/{acme_endpoint['id']}/disable", {"csrf": csrf}),
+                    (f"/inbox/o/acme/webhooks/{acme_endpoint['id']}/delete", {"csrf": csrf}),
+                ):
+                    assert http.post(path, data=data).status_code == 403, (who, path)
+        with signed_in(world, ADMIN) as http:
+            page = http.get("/inbox/o/acme/webhooks")
+            assert receiver.url("/acme") in page.text and receiver.url("/globex") not in page.text
+            csrf = form_field(CSRF_FIELD, page.text)
+            assert http.get("/inbox/o/globex/webhooks").status_code == 404
+            assert http.get(f"/inbox/o/acme/webhooks/{globex_endpoint['id']}").status_code == 404
+            assert http.get("/inbox/o/acme/webhooks/not-a-uuid").status_code == 404
+            for path in (
+                f"/inbox/o/acme/webhooks/deliveries/{globex_delivery}/redeliver",
+                f"/inbox/o/acme/webhooks/{globex_endpoint['id']}/disable",
+                f"/inbox/o/acme/webhooks/{globex_endpoint['id']}/enable",
+                f"/inbox/o/acme/webhooks/{globex_endpoint['id']}/delete",
+                f"/inbox/o/globex/webhooks/deliveries/{globex_delivery}/redeliver",
+            ):
+                assert http.post(path, data={"csrf": csrf}).status_code == 404, path
+            # CSRF: a missing or wrong token is refused before anything happens.
+            for data in ({}, {"csrf": "x" * 43}):
+                assert (
+                    http.post(
+                        f"/inbox/o/acme/webhooks/deliveries/{acme_delivery}/redeliver", data=data
+                    ).status_code
+                    == 403
+                )
+                assert (
+                    http.post(
+                        "/inbox/o/acme/webhooks", data={"url": receiver.url("/y"), **data}
+                    ).status_code
+                    == 403
+                )
+        # Nothing the refused requests asked for happened.
+        rows = db.execute(
+            "SELECT w.enabled, w.deleted_at, d.status, d.attempts FROM webhook_endpoint w"
+            " JOIN webhook_delivery d ON d.endpoint_id = w.id WHERE w.id = ANY(%s::uuid[])",
+            ([globex_endpoint["id"], acme_endpoint["id"]],),
+        ).fetchall()
+        assert [tuple(row.values()) for row in rows] == [(True, None, "delivered", 1)] * 2
+        count = db.execute(
+            "SELECT count(*) AS n FROM webhook_endpoint WHERE org_id = %s AND deleted_at IS NULL",
+            (acme_org,),
+        ).fetchone()
+        assert count["n"] == 1
+    finally:
+        drop_endpoints(wh, acme_org)
+        drop_endpoints(wh, globex_org)
