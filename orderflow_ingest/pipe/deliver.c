@@ -23,6 +23,13 @@
  *
  * pipe(8) bounces on any status but 0, 71 and 75 and quotes what we print to a possibly forged
  * sender: so every failure here exits 75 with a short fixed text, never a path or an errno.
+ * Statuses are <sysexits.h>'s names, as outcomes.py's os.EX_* are: EX_OK and EX_NOUSER only
+ * when the service said so, else EX_TEMPFAIL. A usage or settings error is EX_TEMPFAIL too,
+ * not EX_USAGE or EX_CONFIG, which pipe(8) turns into bounces (5.3.0, 5.3.5): a broken
+ * master.cf line must keep mail queued until it is fixed, not return it.
+ *
+ * main() reads as the delivery goes: parse_arguments, load_settings, start_deadline,
+ * connect_service, send_envelope, copy_message, read_reply.
  */
 
 #define _GNU_SOURCE
@@ -54,8 +61,8 @@ static const char UNAVAILABLE[] =
     "temporary failure (delivery service unavailable), try again later";
 static const char DEADLINE[] = "temporary failure (deadline), try again later";
 
-/* Print the short reason pipe(8) logs and exit. Async-signal-safe: used by the alarm. */
-static void finish(int status, const char *text, size_t length) {
+/* finish - print the short reason pipe(8) logs, and exit; async-signal-safe (the alarm) */
+_Noreturn static void finish(int status, const char *text, size_t length) {
     if (length > 0) {
         ssize_t ignored = write(STDOUT_FILENO, text, length);
         ignored = write(STDOUT_FILENO, "\n", 1);
@@ -64,10 +71,10 @@ static void finish(int status, const char *text, size_t length) {
     _exit(status);
 }
 
-/* Defer with a fixed text. */
-static void fail(const char *text) { finish(EX_TEMPFAIL, text, strlen(text)); }
+/* fail - defer with a fixed text */
+_Noreturn static void fail(const char *text) { finish(EX_TEMPFAIL, text, strlen(text)); }
 
-/* SIGALRM: the one deadline of the whole delivery passed. */
+/* on_deadline - SIGALRM: the one deadline of the whole delivery passed */
 static void on_deadline(int signum) {
     (void)signum;
     finish(EX_TEMPFAIL, DEADLINE, sizeof DEADLINE - 1);
@@ -79,7 +86,7 @@ struct setting {
     char *from_file;
 };
 
-/* One pass over the env file at `path`, keeping each named setting's last value. */
+/* read_settings - one pass over the env file at `path`, keeping each setting's last value */
 static void read_settings(const char *path, struct setting *settings, size_t count,
                           int required_file) {
     FILE *file = fopen(path, "r");
@@ -129,7 +136,7 @@ static void read_settings(const char *path, struct setting *settings, size_t cou
     fclose(file);
 }
 
-/* The environment wins over the file, as in settings.py. */
+/* setting_value - the environment wins over the file, as in settings.py */
 static const char *setting_value(const struct setting *setting, const char *fallback) {
     const char *from_environment = getenv(setting->name);
     if (from_environment != NULL)
@@ -137,7 +144,7 @@ static const char *setting_value(const struct setting *setting, const char *fall
     return setting->from_file != NULL ? setting->from_file : fallback;
 }
 
-/* Send everything or defer: the service gone mid-message is a retry. */
+/* send_all - send everything or defer: the service gone mid-message is a retry */
 static void send_all(int fd, const char *data, size_t length) {
     while (length > 0) {
         ssize_t sent = send(fd, data, length, MSG_NOSIGNAL);
@@ -151,10 +158,11 @@ static void send_all(int fd, const char *data, size_t length) {
     }
 }
 
-/* Whether `parent` (pipe(8)) is still our parent and not dying. A killed parent closes our
- * input (a clean EOF) before we are reparented, so getppid() alone races; /proc/PID/stat
- * shows PF_EXITING from the start of its exit. Parent 1: it died before we looked (init
- * adopted us). Without a visible /proc (hidepid), getppid() is all there is. */
+/* parent_alive - whether `parent` (pipe(8)) is still our parent and not dying
+ *
+ * A killed parent closes our input (a clean EOF) before we are reparented, so getppid() alone
+ * races; /proc/PID/stat shows PF_EXITING from the start of its exit. Parent 1: it died before
+ * we looked (init adopted us). Without a visible /proc (hidepid), getppid() is all there is. */
 static int parent_alive(pid_t parent) {
     if (parent <= 1 || getppid() != parent)
         return 0;
@@ -197,7 +205,7 @@ static const uint32_t K[64] = {
 
 #define ROR(x, n) (((x) >> (n)) | ((x) << (32 - (n))))
 
-/* Fold one 64-byte block into the state. */
+/* sha256_block - fold one 64-byte block into the state */
 static void sha256_block(uint32_t *state, const unsigned char *p) {
     uint32_t w[64];
     for (int i = 0; i < 16; i++)
@@ -217,7 +225,7 @@ static void sha256_block(uint32_t *state, const unsigned char *p) {
     state[4] += e, state[5] += f, state[6] += g, state[7] += h;
 }
 
-/* Start a digest. */
+/* sha256_init - start a digest */
 static void sha256_init(struct sha256 *ctx) {
     static const uint32_t initial[8] = {0x6a09e667, 0xbb67ae85, 0x3c6ef372, 0xa54ff53a,
                                         0x510e527f, 0x9b05688c, 0x1f83d9ab, 0x5be0cd19};
@@ -226,7 +234,7 @@ static void sha256_init(struct sha256 *ctx) {
     ctx->used = 0;
 }
 
-/* Add bytes to a digest. */
+/* sha256_update - add bytes to a digest */
 static void sha256_update(struct sha256 *ctx, const unsigned char *data, size_t length) {
     ctx->length += length;
     while (length > 0) {
@@ -242,7 +250,7 @@ static void sha256_update(struct sha256 *ctx, const unsigned char *data, size_t 
     }
 }
 
-/* Pad, and write the digest as 64 lower-case hex digits and a NUL into `hex`. */
+/* sha256_hex - pad, and write the digest as 64 lower-case hex digits and a NUL into `hex` */
 static void sha256_hex(struct sha256 *ctx, char hex[65]) {
     uint64_t bits = ctx->length * 8;
     unsigned char pad[72] = {0x80};
@@ -254,10 +262,17 @@ static void sha256_hex(struct sha256 *ctx, char hex[65]) {
         snprintf(hex + 2 * i, 3, "%02x", (ctx->state[i / 4] >> (24 - 8 * (i % 4))) & 0xff);
 }
 
-/* Parse arguments and settings, hand the message over, relay the service's answer. */
-int main(int argc, char **argv) {
-    pid_t parent = getppid(); /* first: pipe(8) may die while we start */
-    const char *config = NULL, *sender = NULL, *queue_id = "", *recipient = NULL;
+/* The command line pipe(8) gives us (master.cf's argv=). */
+struct arguments {
+    const char *config; /* the env file named by --config, or NULL */
+    const char *sender;
+    const char *queue_id;
+    const char *recipient;
+};
+
+/* parse_arguments - the options, then `--` and exactly one recipient */
+static struct arguments parse_arguments(int argc, char **argv) {
+    struct arguments arguments = {.queue_id = ""};
     int index = 1;
     for (; index < argc; index += 2) {
         if (strcmp(argv[index], "--") == 0)
@@ -265,21 +280,31 @@ int main(int argc, char **argv) {
         if (index + 1 >= argc)
             fail(MISCONFIGURED);
         if (strcmp(argv[index], "--config") == 0)
-            config = argv[index + 1];
+            arguments.config = argv[index + 1];
         else if (strcmp(argv[index], "--sender") == 0)
-            sender = argv[index + 1];
+            arguments.sender = argv[index + 1];
         else if (strcmp(argv[index], "--queue-id") == 0)
-            queue_id = argv[index + 1];
+            arguments.queue_id = argv[index + 1];
         else
             fail(MISCONFIGURED);
     }
     /* Exactly one recipient after `--`, which may itself start with `-`. */
-    if (index + 2 != argc || sender == NULL)
+    if (index + 2 != argc || arguments.sender == NULL)
         fail(MISCONFIGURED);
-    recipient = argv[index + 1];
+    arguments.recipient = argv[index + 1];
+    if (arguments.config != NULL && *arguments.config == '\0') /* a broken master.cf line */
+        fail(MISCONFIGURED);
+    return arguments;
+}
 
-    if (config != NULL && *config == '\0') /* `--config ""`: a broken master.cf line */
-        fail(MISCONFIGURED);
+/* What the client needs of the settings, validated. */
+struct client_settings {
+    struct sockaddr_un address;
+    double timeout;
+};
+
+/* load_settings - the socket and the deadline, from the environment or the env file */
+static struct client_settings load_settings(const char *config) {
     if (config == NULL) {
         const char *from_environment = getenv("ORDERFLOW_CONFIG");
         config = (from_environment && *from_environment) ? from_environment : NULL;
@@ -290,30 +315,46 @@ int main(int argc, char **argv) {
     read_settings(named ? config : DEFAULT_CONFIG, settings, 2, named);
     const char *socket_path = setting_value(&settings[0], DEFAULT_SOCKET);
     const char *timeout_text = setting_value(&settings[1], DEFAULT_TIMEOUT);
+    struct client_settings result = {.address = {.sun_family = AF_UNIX}};
     char *end = NULL;
-    double timeout = strtod(timeout_text, &end);
-    struct sockaddr_un address = {.sun_family = AF_UNIX};
-    if (end == timeout_text || *end != '\0' || !(timeout > 0) || timeout > 86400 ||
-        socket_path[0] != '/' || strlen(socket_path) >= sizeof address.sun_path)
+    result.timeout = strtod(timeout_text, &end);
+    if (end == timeout_text || *end != '\0' || !(result.timeout > 0) || result.timeout > 86400 ||
+        socket_path[0] != '/' || strlen(socket_path) >= sizeof result.address.sun_path)
         fail(MISCONFIGURED);
-    strcpy(address.sun_path, socket_path);
+    strcpy(result.address.sun_path, socket_path);
+    return result;
+}
 
-    /* One deadline for the whole delivery. */
+/* start_deadline - one alarm for the whole delivery, whatever it waits on */
+static void start_deadline(double timeout) {
     struct sigaction on_alarm = {.sa_handler = on_deadline};
     sigemptyset(&on_alarm.sa_mask);
     if (sigaction(SIGALRM, &on_alarm, NULL) != 0)
         fail(UNAVAILABLE);
     alarm((unsigned)timeout + 1);
+}
 
-    size_t payload = strlen(VERSION) + strlen(sender) + strlen(recipient) + strlen(queue_id) + 3;
+/* connect_service - a stream connection to the delivery service, or defer */
+static int connect_service(const struct sockaddr_un *address) {
+    int fd = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
+    if (fd < 0 || connect(fd, (const struct sockaddr *)address, sizeof *address) != 0)
+        fail(UNAVAILABLE);
+    return fd;
+}
+
+/* send_envelope - the length line, then VERSION, sender, recipient, queue id NUL-separated */
+static void send_envelope(int fd, const struct arguments *arguments) {
+    const char *fields[] = {VERSION, arguments->sender, arguments->recipient,
+                            arguments->queue_id};
+    size_t payload = 3; /* the NULs between the four fields */
+    for (size_t field = 0; field < 4; field++)
+        payload += strlen(fields[field]);
     if (payload > MAX_ENVELOPE)
         fail(MISCONFIGURED);
     char *envelope = malloc(payload + 16);
     if (envelope == NULL)
         fail(UNAVAILABLE);
-    int prefix = snprintf(envelope, 16, "%zu\n", payload);
-    char *cursor = envelope + prefix;
-    const char *fields[] = {VERSION, sender, recipient, queue_id};
+    char *cursor = envelope + snprintf(envelope, 16, "%zu\n", payload);
     for (size_t field = 0; field < 4; field++) {
         size_t length = strlen(fields[field]);
         memcpy(cursor, fields[field], length);
@@ -321,13 +362,12 @@ int main(int argc, char **argv) {
         if (field < 3)
             *cursor++ = '\0';
     }
-
-    int fd = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
-    if (fd < 0 || connect(fd, (struct sockaddr *)&address, sizeof address) != 0)
-        fail(UNAVAILABLE);
     send_all(fd, envelope, (size_t)(cursor - envelope));
+    free(envelope);
+}
 
-    /* The message in chunks `<len>\n<bytes>`, each length written just before its bytes. */
+/* copy_message - standard input in chunks `<len>\n<bytes>`, then the trailer if complete */
+static void copy_message(int fd, pid_t parent) {
     static char buffer[HEADROOM + CHUNK];
     struct sha256 digest;
     sha256_init(&digest);
@@ -340,6 +380,7 @@ int main(int argc, char **argv) {
         if (got == 0)
             break;
         sha256_update(&digest, (unsigned char *)buffer + HEADROOM, (size_t)got);
+        /* Each length is written just in front of its bytes: one send per chunk. */
         char header[HEADROOM];
         int length = snprintf(header, sizeof header, "%zd\n", got);
         memcpy(buffer + HEADROOM - length, header, (size_t)length);
@@ -355,8 +396,10 @@ int main(int argc, char **argv) {
     send_all(fd, trailer, (size_t)trailer_length);
     if (shutdown(fd, SHUT_WR) != 0)
         fail(UNAVAILABLE);
+}
 
-    /* The answer: one line, `<status> <text>`. */
+/* read_reply - relay the service's one line `<status> <text>` as our exit status */
+_Noreturn static void read_reply(int fd) {
     static char reply[MAX_REPLY + 1];
     size_t used = 0;
     while (used < MAX_REPLY && memchr(reply, '\n', used) == NULL) {
@@ -380,6 +423,7 @@ int main(int argc, char **argv) {
         fail("garbled reply from delivery service");
     if (*text == ' ')
         text++;
+    /* Only the statuses of outcomes.py pass; any other would make pipe(8) bounce. */
     if (status != EX_OK && status != EX_NOUSER && status != EX_TEMPFAIL)
         fail("temporary failure, try again later");
     /* Only printable ASCII reaches pipe(8)'s log and a bounce. */
@@ -387,4 +431,16 @@ int main(int argc, char **argv) {
         if (!isprint((unsigned char)*c))
             *c = '?';
     finish(status, text, status == EX_OK ? 0 : strlen(text));
+}
+
+/* main - parse arguments and settings, hand the message over, relay the answer */
+int main(int argc, char **argv) {
+    pid_t parent = getppid(); /* first: pipe(8) may die while we start */
+    struct arguments arguments = parse_arguments(argc, argv);
+    struct client_settings settings = load_settings(arguments.config);
+    start_deadline(settings.timeout);
+    int fd = connect_service(&settings.address);
+    send_envelope(fd, &arguments);
+    copy_message(fd, parent);
+    read_reply(fd);
 }
