@@ -711,3 +711,55 @@ def test_webhook_pages_are_for_org_admins_only_scoped_and_csrf_checked(
     finally:
         drop_endpoints(wh, acme_org)
         drop_endpoints(wh, globex_org)
+
+
+def test_platform_admin_view_counts_every_org_and_is_404_for_everyone_else(
+    stack: Any, world: dict[str, Any], db: Any
+) -> None:
+    slug = f"adm-{uuid.uuid4().hex[:6]}"
+    assert cli(stack, "org", "add", slug, "--name", "Admin View Co").returncode == 0
+    org_id = db.execute("SELECT id::text AS id FROM org WHERE slug = %s", (slug,)).fetchone()["id"]
+    ids = []
+    for n, hours in enumerate((1, 2, 3, 72)):
+        ids.append(
+            db.execute(
+                "INSERT INTO inbound_message (org_id, source, source_message_id, subject,"
+                " received_at, status, trace_id, content_sha256) VALUES (%s, 'EMAIL', %s, %s,"
+                " now() - make_interval(hours => %s), 'RECEIVED', %s, %s) RETURNING id::text AS id",
+                (org_id, f"<adm-{n}@x.example>", f"admin view {n}", hours, f"t{n}", f"{n:064x}"),
+            ).fetchone()["id"]
+        )
+    db.execute(
+        "UPDATE inbound_message SET status = 'FAILED' WHERE id = ANY(%s::uuid[])", (ids[:2],)
+    )
+    db.execute("UPDATE inbound_message SET conflict_of = %s WHERE id = %s", (ids[3], ids[2]))
+    newest = db.execute(
+        "SELECT max(received_at) AS t FROM inbound_message WHERE org_id = %s", (org_id,)
+    ).fetchone()["t"]
+    staff = "staff-view@orderflow.test"
+    assert cli(stack, "user", "add", staff, "--platform-admin").returncode == 0
+    with signed_in(world, staff) as http:
+        page = http.get("/inbox/admin")
+        assert page.status_code == 200
+        assert 'href="/inbox/admin"' in http.get("/inbox/").text
+    row = re.search(rf'<tr>\s*<td class="org"><a href="/inbox/o/{slug}">.*?</tr>', page.text, re.S)
+    assert row is not None, page.text[:3000]
+    cells = re.findall(r'data-label="([^"]+)"[^>]*>(.*?)</td>', row.group(0), re.S)
+    text = {label: re.sub(r"<[^>]+>", "", value).strip() for label, value in cells}
+    assert text == {
+        "state": "active",
+        "last 24 h": "3",
+        "failed": "2",
+        "conflicts": "1",
+        "newest": newest.strftime("%Y-%m-%d %H:%M"),
+    }
+    assert f'href="/inbox/o/{slug}?q=status%3Afailed"' in row.group(0)
+    for other in ("acme", "globex"):
+        assert f'href="/inbox/o/{other}"' in page.text
+    for who in (ADMIN, OPERATOR, VIEWER, GLOBEX):
+        with signed_in(world, who) as http:
+            refused = http.get("/inbox/admin")
+            assert refused.status_code == 404, who
+            assert 'href="/inbox/admin"' not in http.get("/inbox/").text
+    with browser(world) as anonymous:
+        assert anonymous.get("/inbox/admin").headers["location"] == "/inbox/signin"
