@@ -21,6 +21,7 @@ lint: $(STAMP)
 
 bench: system-deps $(STAMP) $(CLIENT)
 	$(PY) bench/ingest_throughput.py
+	$(PY) bench/drain_vs_peer.py
 	$(PY) bench/extract_memory.py
 	$(PY) bench/milter_throughput.py
 
