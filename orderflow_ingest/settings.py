@@ -234,6 +234,14 @@ SETTINGS: tuple[Setting, ...] = (
         "Where the delivery service spools a message while hashing and storing it.",
     ),
     Setting(
+        "ORDERFLOW_MIN_FREE_MB",
+        _at_least(0),
+        "1024",
+        "MiB that must stay free on the spool and on Postfix's queue file system: under it the"
+        " milter answers 452 4.3.1 at MAIL FROM and deliver defers (0: off). Keep it above"
+        " Postfix's queue_minfree (postfix-config/README.md).",
+    ),
+    Setting(
         "ORDERFLOW_MAX_HEADER_BYTES",
         _int,
         "1048576",
@@ -328,6 +336,31 @@ SETTINGS: tuple[Setting, ...] = (
         "record: note a DKIM l= that leaves body content unsigned; fail: that signature fails.",
     ),
     Setting("ORDERFLOW_ORG_CACHE_TTL", _float, "30", "Seconds an org look-up is cached."),
+    # Custom domains per org (orderflow_ingest/domains, issue 13).
+    Setting(
+        "ORDERFLOW_DOMAIN_MX_HOSTS",
+        _csv,
+        "",
+        "Our MX host names a custom domain's MX must point at; empty: mx.<first ingest domain>.",
+    ),
+    Setting(
+        "ORDERFLOW_DOMAIN_CONFIRMATIONS",
+        _at_least(1),
+        "2",
+        "Consecutive conclusive check results before a custom domain changes state (damping).",
+    ),
+    Setting(
+        "ORDERFLOW_DOMAIN_MX_GRACE",
+        _seconds,
+        "48h",
+        "How long a custom domain whose MX left us gets 451 before it is suspended (550).",
+    ),
+    Setting(
+        "ORDERFLOW_DOMAIN_CHECK_INTERVAL",
+        _seconds,
+        "5m",
+        "Least time between two periodic checks of one custom domain (`domain check`).",
+    ),
     Setting(
         "ORDERFLOW_MILTER_LOOKUP_TIMEOUT",
         _float,
@@ -569,9 +602,11 @@ class Settings:
     ingest_domains: tuple[str, ...]
     local_part: str
     spool_dir: str
+    min_free_mb: int
     deliver_socket: str
     deliver_timeout: float
     backend_timeout: float
+    domain_mx_hosts: tuple[str, ...]
 
     @property
     def migrate_url(self) -> str:

@@ -77,3 +77,10 @@ GRANT SELECT, INSERT, UPDATE ON inbox_membership TO {runtime};
 GRANT SELECT, INSERT, UPDATE ON inbox_login_token TO {runtime};
 -- Sessions: created at sign-in, revoked at sign-out (UPDATE), never deleted.
 GRANT SELECT, INSERT, UPDATE ON inbox_session TO {runtime};
+
+-- 009_custom_domains
+-- `domain add` inserts, the periodic check updates states; `domain remove` deletes the row
+-- (nothing refers to it: its events name the org and carry the domain in their data).
+GRANT SELECT, INSERT, UPDATE, DELETE ON custom_domain TO {runtime};
+-- What Postfix reads through its own role (orderflow_postfix); the services read it too.
+GRANT SELECT ON postfix_custom_domain TO {runtime};

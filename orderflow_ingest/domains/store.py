@@ -1,0 +1,212 @@
+"""Custom-domain queries, all in one place (sql/009_custom_domains.sql).
+
+State changes go through `apply_check` only: the row is locked, the new state and streaks are
+written and the transition's event is recorded in the same transaction, and the UPDATE names
+the state it read, so a transition is written (and its event sent) exactly once however many
+hosts check at the same time.
+"""
+
+from __future__ import annotations
+
+import re
+import secrets
+from datetime import datetime
+from typing import Any
+
+from psycopg.types.json import Jsonb
+
+from orderflow_ingest import events
+from orderflow_ingest.db import Conn
+from orderflow_ingest.domains.policy import CheckResult, DomainState, Policy, Step, step
+
+DOMAIN_PATTERN = re.compile(
+    r"^(?:[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?\.)+[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?$"
+)
+# Local parts an operator may list: dot-atoms without a +extension (the delimiter).
+LOCAL_PART_PATTERN = re.compile(r"^[a-z0-9!#$%&'*/=?^_`{|}~-]+(?:\.[a-z0-9!#$%&'*/=?^_`{|}~-]+)*$")
+
+COLUMNS = """
+  d.id::text AS id, d.org_id::text AS org_id, o.slug::text AS org_slug, d.domain,
+  d.txt_token, d.accept_all, d.local_parts, d.state, d.pass_streak, d.mx_fail_streak,
+  d.txt_fail_streak, d.last_checked_at, d.last_result, d.last_conclusive_at, d.mx_lost_since,
+  d.verified_at, d.state_changed_at, d.created_at
+"""
+FROM = "custom_domain d JOIN org o ON o.id = d.org_id"
+
+
+class DomainError(ValueError):
+    """A domain or local part that cannot be added (the message says why)."""
+
+
+def normalise_domain(domain: str) -> str:
+    name = domain.strip().rstrip(".").lower()
+    if len(name) > 253 or not DOMAIN_PATTERN.fullmatch(name):
+        raise DomainError(f"{domain!r} is not a domain name (letters, digits, hyphens, dots)")
+    return name
+
+
+def normalise_local_parts(local_parts: list[str]) -> list[str]:
+    clean: list[str] = []
+    for part in local_parts:
+        value = part.strip().lower()
+        if "+" in value or not LOCAL_PART_PATTERN.fullmatch(value) or len(value) > 64:
+            raise DomainError(f"{part!r} is not a local part we can accept (no '+', max 64)")
+        if value not in clean:
+            clean.append(value)
+    return clean
+
+
+def new_token() -> str:
+    return secrets.token_urlsafe(24)
+
+
+def add_domain(
+    conn: Conn, org_id: str, domain: str, accept_all: bool, local_parts: list[str]
+) -> dict[str, Any]:
+    name = normalise_domain(domain)
+    parts = normalise_local_parts(local_parts)
+    if not accept_all and not parts:
+        raise DomainError("name the accepted local parts (--local-part orders) or --accept-all")
+    row = conn.execute(
+        "INSERT INTO custom_domain (org_id, domain, txt_token, accept_all, local_parts)"
+        " VALUES (%s, %s, %s, %s, %s) ON CONFLICT (domain) DO NOTHING RETURNING id::text AS id",
+        (org_id, name, new_token(), accept_all, parts),
+    ).fetchone()
+    if row is None:
+        raise DomainError(f"domain {name} is already registered")
+    found = get_domain(conn, name)
+    assert found is not None
+    return found
+
+
+def get_domain(conn: Conn, domain: str) -> dict[str, Any] | None:
+    return conn.execute(
+        f"SELECT {COLUMNS} FROM {FROM} WHERE d.domain = %s", (domain.rstrip(".").lower(),)
+    ).fetchone()
+
+
+def list_domains(conn: Conn, org_slug: str | None = None) -> list[dict[str, Any]]:
+    if org_slug:
+        return conn.execute(
+            f"SELECT {COLUMNS} FROM {FROM} WHERE o.slug = %s ORDER BY d.domain", (org_slug,)
+        ).fetchall()
+    return conn.execute(f"SELECT {COLUMNS} FROM {FROM} ORDER BY d.domain").fetchall()
+
+
+def remove_domain(conn: Conn, domain: str) -> bool:
+    row = conn.execute(
+        "DELETE FROM custom_domain WHERE domain = %s RETURNING id", (domain.rstrip(".").lower(),)
+    ).fetchone()
+    return row is not None
+
+
+def counts_by_state(conn: Conn) -> dict[str, int]:
+    rows = conn.execute("SELECT state, count(*) AS n FROM custom_domain GROUP BY state").fetchall()
+    return {row["state"]: int(row["n"]) for row in rows}
+
+
+def rcpt_lookup(conn: Conn, domain: str) -> dict[str, Any] | None:
+    """What the milter needs at RCPT for a domain that is not an ingest domain."""
+    return conn.execute(
+        "SELECT d.state, d.accept_all, d.local_parts, o.slug::text AS org_slug,"
+        " CASE WHEN o.deleted_at IS NULL THEN o.status ELSE 'deleted' END AS org_status"
+        f" FROM {FROM} WHERE d.domain = %s",
+        (domain.rstrip(".").lower(),),
+    ).fetchone()
+
+
+def accepts(row: dict[str, Any], local_part: str) -> bool:
+    """Whether the domain row accepts `local_part` (its +extension ignored, any case)."""
+    base = local_part.split("+", 1)[0].lower()
+    return bool(row["accept_all"]) or base in (row["local_parts"] or [])
+
+
+def org_slug_for_recipient(conn: Conn, local_part: str, domain: str) -> str | None:
+    """The delivery service's resolution: the org of a custom-domain recipient, or None.
+
+    Any state but pending: mail Postfix queued while the domain was verified is delivered even
+    if the domain has lost its MX since.
+    """
+    row = rcpt_lookup(conn, domain)
+    if row is None or row["state"] == "pending" or not accepts(row, local_part):
+        return None
+    return str(row["org_slug"])
+
+
+def _state_of(row: dict[str, Any]) -> DomainState:
+    return DomainState(
+        state=row["state"],
+        pass_streak=row["pass_streak"],
+        mx_fail_streak=row["mx_fail_streak"],
+        txt_fail_streak=row["txt_fail_streak"],
+        mx_lost_since=row["mx_lost_since"],
+        verified_at=row["verified_at"],
+    )
+
+
+def claim_due(conn: Conn, older_than: datetime, limit: int) -> list[dict[str, Any]]:
+    """Rows not checked since `older_than`, locked for this transaction; rows another host has
+    locked are skipped (FOR UPDATE SKIP LOCKED), so every host may run the check at once."""
+    return conn.execute(
+        f"SELECT {COLUMNS} FROM custom_domain d JOIN org o ON o.id = d.org_id"
+        " WHERE d.last_checked_at IS NULL OR d.last_checked_at < %s"
+        " ORDER BY d.last_checked_at NULLS FIRST LIMIT %s FOR UPDATE OF d SKIP LOCKED",
+        (older_than, limit),
+    ).fetchall()
+
+
+def lock_domain(conn: Conn, domain: str) -> dict[str, Any] | None:
+    """One row locked for this transaction (`domain verify`); waits for another host's check."""
+    return conn.execute(
+        f"SELECT {COLUMNS} FROM {FROM} WHERE d.domain = %s FOR UPDATE OF d",
+        (domain.rstrip(".").lower(),),
+    ).fetchone()
+
+
+def apply_check(
+    conn: Conn, row: dict[str, Any], result: CheckResult, now: datetime, policy: Policy
+) -> Step:
+    """Write one check result for a row locked by this transaction; the caller commits."""
+    outcome = step(_state_of(row), result, now, policy)
+    after = outcome.after
+    record = {"txt": result.txt.value, "mx": result.mx.value, "detail": result.detail}
+    updated = conn.execute(
+        "UPDATE custom_domain SET state = %s, pass_streak = %s, mx_fail_streak = %s,"
+        " txt_fail_streak = %s, mx_lost_since = %s, verified_at = %s, last_checked_at = %s,"
+        " last_result = %s,"
+        " last_conclusive_at = CASE WHEN %s THEN %s ELSE last_conclusive_at END,"
+        " state_changed_at = CASE WHEN state <> %s THEN %s ELSE state_changed_at END"
+        " WHERE id = %s AND state = %s RETURNING id",
+        (
+            after.state,
+            after.pass_streak,
+            after.mx_fail_streak,
+            after.txt_fail_streak,
+            after.mx_lost_since,
+            after.verified_at,
+            now,
+            Jsonb(record),
+            result.conclusive,
+            now,
+            after.state,
+            now,
+            row["id"],
+            row["state"],
+        ),
+    ).fetchone()
+    if updated is None:  # removed, or changed by someone who did not lock it: nothing written
+        return type(outcome)(outcome.before, outcome.before, None)
+    if outcome.event:
+        events.record(
+            conn,
+            outcome.event,
+            org_id=row["org_id"],
+            data={
+                "domain": row["domain"],
+                "from": outcome.before.state,
+                "to": after.state,
+                "txt": result.txt.value,
+                "mx": result.mx.value,
+            },
+        )
+    return outcome
