@@ -290,11 +290,17 @@ def _exports(text: str) -> dict[str, str]:
 
 @pytest.mark.slow
 def test_dev_up_env_down_leave_no_process_behind(stack: Stack, tmp_path: Path) -> None:
+    """`dev up` starts the whole system by default (the milter and the API with the inbox on a
+    loopback port included); `dev down` stops all of it. `--workers 0`: this stack shares the
+    session's Redis, where a worker of its own would take the session's queued jobs (the
+    default of one worker is checked in test_devstack_api.py, and by the demo's test)."""
+    import httpx
+
     base = Path("/tmp") / f"orderflow-cli-{uuid.uuid4().hex[:8]}"
     env = {key: value for key, value in os.environ.items() if not key.startswith("ORDERFLOW_")}
     env["ORDERFLOW_REDIS_URL"] = stack.settings.redis_url  # an existing server: used, not started
     try:
-        up = _dev("up", "--dir", str(base), env=env)
+        up = _dev("up", "--dir", str(base), "--workers", "0", env=env)
         assert up.returncode == 0, up.stderr
         exported = _exports(up.stdout)
         assert exported["ORDERFLOW_REDIS_URL"] == stack.settings.redis_url
@@ -309,14 +315,25 @@ def test_dev_up_env_down_leave_no_process_behind(stack: Stack, tmp_path: Path) -
         assert again.returncode == 0, again.stderr
         assert _exports(again.stdout) == exported
 
-        refs = [ProcessRef.from_dict(d) for d in Stack.load(base).ctx.state.processes.values()]
-        assert {"postgres", "s3", "postfix", "deliver"} <= set(Stack.load(base).ctx.state.processes)
-        assert "redis" not in Stack.load(base).ctx.state.processes
+        started = Stack.load(base)
+        refs = [ProcessRef.from_dict(d) for d in started.ctx.state.processes.values()]
+        assert set(started.ctx.state.processes) == {
+            "postgres", "s3", "postfix", "deliver", "milter", "api",
+        }  # fmt: skip
+        assert exported["ORDERFLOW_API_LISTEN"] == started.api_url.removeprefix("http://")
+        assert exported["ORDERFLOW_INBOX_PUBLIC_URL"] == started.inbox_url
+        assert exported["ORDERFLOW_INBOX_COOKIE_SECURE"] == "false"
+        signin = httpx.get(f"{started.inbox_url}/signin", timeout=30)
+        assert signin.status_code == 200
+        assert httpx.get(f"{started.api_url}/v1/messages", timeout=30).status_code == 401
+        assert "--no-api" in _dev("up", "--help", env=env).stdout
 
         down = _dev("down", "--dir", str(base), env=env)
         assert down.returncode == 0, down.stderr
         assert [ref for ref in refs if ref.alive()] == []
         assert _processes_mentioning(str(base)) == []
+        with pytest.raises(httpx.TransportError):
+            httpx.get(f"{started.inbox_url}/signin", timeout=5)
         assert stack.running("redis"), "dev down stopped a server it did not start"
     finally:
         _dev("down", "--dir", str(base), "--purge", env=env)
