@@ -58,7 +58,8 @@ $(STAMP): pyproject.toml
 	$(PY) -m compileall -q orderflow_ingest
 	touch $(STAMP)
 
-$(CLIENT): orderflow_ingest/pipe/deliver.c $(STAMP)
+# protocol.py and settings.py: build-deliver passes their constants to the compiler.
+$(CLIENT): orderflow_ingest/pipe/deliver.c orderflow_ingest/pipe/protocol.py orderflow_ingest/settings.py $(STAMP)
 	$(VENV)/bin/orderflow-ingest build-deliver
 
 clean:

@@ -9,6 +9,7 @@ The compiled pipe client (pipe/deliver.c) reads its two settings from the same f
 from __future__ import annotations
 
 import os
+import re
 from collections.abc import Callable, Mapping
 from typing import Any
 
@@ -69,7 +70,23 @@ def _unix_socket_path(value: str) -> str:
         raise ValueError("must be an absolute path, as in /run/orderflow/deliver.sock")
     if len(value.encode()) > 107:  # sun_path holds 108 bytes with the NUL
         raise ValueError("longer than a unix socket path may be (107 bytes)")
+    if "\0" in value:  # a NUL would end the path deliver.c sees early
+        raise ValueError("must not contain a NUL byte")
     return value
+
+
+# deliver.c takes ORDERFLOW_DELIVER_TIMEOUT only as plain decimal seconds, above 0 and at most
+# this (pipe/build.py passes it to the compiler); the services refuse what the client would.
+MAX_DELIVER_TIMEOUT = 86400
+
+
+def _deliver_timeout(value: str) -> float:
+    if re.fullmatch(r"[0-9]+(\.[0-9]+)?", value) is None:
+        raise ValueError("expected plain decimal seconds, as in 240 or 0.5")
+    seconds = float(value)
+    if not 0 < seconds <= MAX_DELIVER_TIMEOUT:
+        raise ValueError(f"must be above 0 and at most {MAX_DELIVER_TIMEOUT} seconds")
+    return seconds
 
 
 def _at_least(minimum: int) -> Callable[[str], int]:
@@ -223,7 +240,7 @@ SETTINGS: tuple[Setting, ...] = (
     ),
     Setting(
         "ORDERFLOW_DELIVER_TIMEOUT",
-        _float,
+        _deliver_timeout,
         "240",
         "Seconds deliver may take before it gives up with 75; keep below orderflow_time_limit.",
     ),

@@ -38,23 +38,27 @@
 #include <fcntl.h>
 #include <signal.h>
 #include <stdio.h>
-#include <stdlib.h>
+#include <stddef.h>
 #include <stdint.h>
+#include <stdlib.h>
 #include <string.h>
 #include <sys/socket.h>
 #include <sys/un.h>
 #include <sysexits.h>
 #include <unistd.h>
 
-#define VERSION "OFI2"
-#define MAX_ENVELOPE (64 * 1024)
-#define CHUNK (64 * 1024)
+/* The facts shared with the Python side come from its source, as -D flags of pipe/build.py
+ * (`orderflow-ingest build-deliver`): VERSION, MAX_ENVELOPE and CHUNK of pipe/protocol.py,
+ * DEFAULT_CONFIG, DEFAULT_SOCKET, DEFAULT_TIMEOUT and MAX_DELIVER_TIMEOUT of settings.py. */
+#if !defined(VERSION) || !defined(MAX_ENVELOPE) || !defined(CHUNK) ||                       \
+    !defined(DEFAULT_CONFIG) || !defined(DEFAULT_SOCKET) || !defined(DEFAULT_TIMEOUT) ||    \
+    !defined(MAX_DELIVER_TIMEOUT)
+#error "compile with `orderflow-ingest build-deliver` (pipe/build.py passes the constants)"
+#endif
 #define HEADROOM 16 /* room for a chunk's "<len>\n" in front of its bytes */
+_Static_assert(CHUNK > 0 && CHUNK <= 999999, "a chunk length is at most 6 digits (protocol.py)");
 #define PF_EXITING 0x4 /* linux/sched.h: set when a task starts to exit, before it closes files */
 #define MAX_REPLY 4096
-#define DEFAULT_CONFIG "/etc/orderflow/ingest.env"
-#define DEFAULT_SOCKET "/run/orderflow/deliver.sock"
-#define DEFAULT_TIMEOUT "240"
 
 static const char MISCONFIGURED[] = "temporary failure (transport misconfigured)";
 static const char UNAVAILABLE[] =
@@ -80,11 +84,119 @@ static void on_deadline(int signum) {
     finish(EX_TEMPFAIL, DEADLINE, sizeof DEADLINE - 1);
 }
 
+/* The env file is read exactly as settings.py's read_env_file reads it, so that a file the
+ * services accept gives the client the same two values and a file they refuse stops the
+ * client too (tests/test_deliver_settings_parity.py feeds both the same files):
+ *  - UTF-8 text (anything else is refused); lines end at \n, \r or \r\n;
+ *  - each line and key and value is stripped of what Python's str.strip() strips (ASCII
+ *    blanks, \x1c-\x1f and the Unicode spaces), not only of C's isspace();
+ *  - blank lines and lines starting with `#` are skipped, then `export ` is dropped;
+ *  - any other line needs `KEY=value` with a non-empty key: a line without one is refused;
+ *  - one pair of matching quotes around a value is removed, nothing is expanded;
+ *  - the last assignment wins, and the environment wins over the file.
+ * Keys the client does not read are left to the services, which refuse unknown ones at start. */
+
 /* A setting the client reads: its name, and its value from the env file (malloc'd) or NULL. */
 struct setting {
     const char *name;
     char *from_file;
+    size_t length; /* of from_file, which may hold a NUL the file had */
 };
+
+/* utf8_valid - whether `length` bytes are UTF-8 as Python's strict codec decodes them */
+static int utf8_valid(const unsigned char *text, size_t length) {
+    size_t at = 0;
+    while (at < length) {
+        unsigned char lead = text[at], low = 0x80, high = 0xbf;
+        size_t extra;
+        if (lead < 0x80) {
+            at++;
+            continue;
+        }
+        if (lead >= 0xc2 && lead <= 0xdf)
+            extra = 1;
+        else if (lead >= 0xe0 && lead <= 0xef)
+            extra = 2, low = lead == 0xe0 ? 0xa0 : 0x80, high = lead == 0xed ? 0x9f : 0xbf;
+        else if (lead >= 0xf0 && lead <= 0xf4)
+            extra = 3, low = lead == 0xf0 ? 0x90 : 0x80, high = lead == 0xf4 ? 0x8f : 0xbf;
+        else
+            return 0; /* a continuation byte first, an overlong lead, or beyond U+10FFFF */
+        if (length - at - 1 < extra || text[at + 1] < low || text[at + 1] > high)
+            return 0;
+        for (size_t next = 2; next <= extra; next++)
+            if (text[at + next] < 0x80 || text[at + next] > 0xbf)
+                return 0;
+        at += extra + 1;
+    }
+    return 1;
+}
+
+/* space_at - the byte length of a character str.isspace() accepts at `text`, else 0 */
+static size_t space_at(const unsigned char *text, const unsigned char *end) {
+    size_t left = (size_t)(end - text);
+    if (left == 0)
+        return 0;
+    if (*text == ' ' || (*text >= '\t' && *text <= '\r') || (*text >= 0x1c && *text <= 0x1f))
+        return 1;
+    if (left >= 2 && text[0] == 0xc2 && (text[1] == 0x85 || text[1] == 0xa0))
+        return 2; /* U+0085, U+00A0 */
+    if (left >= 3) {
+        unsigned long code = (unsigned long)text[0] << 16 | (unsigned long)text[1] << 8 | text[2];
+        if (code == 0xe19a80 || (code >= 0xe28080 && code <= 0xe2808a) || code == 0xe280a8 ||
+            code == 0xe280a9 || code == 0xe280af || code == 0xe2819f || code == 0xe38080)
+            return 3; /* U+1680, U+2000..U+200A, U+2028, U+2029, U+202F, U+205F, U+3000 */
+    }
+    return 0;
+}
+
+/* strip - narrow [*start, *end) as str.strip() does (valid UTF-8 assumed) */
+static void strip(const unsigned char **start, const unsigned char **end) {
+    for (size_t size; (size = space_at(*start, *end)) > 0;)
+        *start += size;
+    for (int again = 1; again;) {
+        again = 0;
+        for (size_t size = 1; size <= 3 && *end - *start >= (ptrdiff_t)size; size++)
+            if (space_at(*end - size, *end) == size) {
+                *end -= size, again = 1;
+                break;
+            }
+    }
+}
+
+/* read_line - one line of the env file: skip it, refuse the file, or keep a setting's value */
+static void read_line(const unsigned char *start, const unsigned char *end,
+                      struct setting *settings, size_t count) {
+    strip(&start, &end);
+    if (start == end || *start == '#')
+        return;
+    if (end - start >= 7 && memcmp(start, "export ", 7) == 0) {
+        start += 7;
+        strip(&start, &end);
+    }
+    const unsigned char *equals = memchr(start, '=', (size_t)(end - start));
+    const unsigned char *key = start, *key_end = equals;
+    if (equals != NULL)
+        strip(&key, &key_end);
+    if (equals == NULL || key == key_end) /* settings.py: "expected KEY=value" */
+        fail(MISCONFIGURED);
+    const unsigned char *value = equals + 1, *value_end = end;
+    strip(&value, &value_end);
+    if (value_end - value >= 2 && *value == value_end[-1] && (*value == '"' || *value == '\''))
+        value++, value_end--;
+    for (size_t index = 0; index < count; index++) {
+        struct setting *wanted = &settings[index];
+        size_t key_length = (size_t)(key_end - key), length = (size_t)(value_end - value);
+        if (strlen(wanted->name) != key_length || memcmp(key, wanted->name, key_length) != 0)
+            continue;
+        free(wanted->from_file); /* the last assignment wins, as in settings.py */
+        wanted->from_file = malloc(length + 1);
+        if (wanted->from_file == NULL)
+            fail(UNAVAILABLE);
+        memcpy(wanted->from_file, value, length);
+        wanted->from_file[length] = '\0';
+        wanted->length = length;
+    }
+}
 
 /* read_settings - one pass over the env file at `path`, keeping each setting's last value */
 static void read_settings(const char *path, struct setting *settings, size_t count,
@@ -97,38 +209,16 @@ static void read_settings(const char *path, struct setting *settings, size_t cou
     }
     char *line = NULL;
     size_t capacity = 0;
-    while (getline(&line, &capacity, file) != -1) {
-        char *start = line, *end = line + strlen(line);
-        while (isspace((unsigned char)*start))
-            start++;
-        while (end > start && isspace((unsigned char)end[-1]))
-            *--end = '\0';
-        if (strncmp(start, "export ", 7) == 0)
-            for (start += 7; isspace((unsigned char)*start); start++)
-                ;
-        char *equals = strchr(start, '=');
-        if (*start == '#' || equals == NULL)
-            continue;
-        char *key_end = equals;
-        while (key_end > start && isspace((unsigned char)key_end[-1]))
-            key_end--;
-        size_t key_length = (size_t)(key_end - start);
-        for (size_t index = 0; index < count; index++) {
-            struct setting *wanted = &settings[index];
-            if (strlen(wanted->name) != key_length || strncmp(start, wanted->name, key_length))
-                continue;
-            char *value = equals + 1;
-            while (isspace((unsigned char)*value))
-                value++;
-            size_t length = strlen(value);
-            if (length >= 2 && value[0] == value[length - 1] &&
-                (value[0] == '"' || value[0] == '\'')) {
-                value[length - 1] = '\0';
-                value++;
-            }
-            free(wanted->from_file);
-            wanted->from_file = strdup(value); /* the last assignment wins, as in settings.py */
+    ssize_t got;
+    while ((got = getline(&line, &capacity, file)) != -1) {
+        const unsigned char *text = (const unsigned char *)line, *end = text + got;
+        if (!utf8_valid(text, (size_t)got)) /* no sequence spans a \n: lines are checked alone */
+            fail(MISCONFIGURED);
+        for (const unsigned char *cut; (cut = memchr(text, '\r', (size_t)(end - text)));) {
+            read_line(text, cut, settings, count); /* \r ends a line too, as in Python */
+            text = cut + 1;
         }
+        read_line(text, end, settings, count);
     }
     if (ferror(file)) /* a directory, an I/O error: the file was not read */
         fail(MISCONFIGURED);
@@ -136,12 +226,39 @@ static void read_settings(const char *path, struct setting *settings, size_t cou
     fclose(file);
 }
 
-/* setting_value - the environment wins over the file, as in settings.py */
+/* setting_value - the environment wins over the file, as in settings.py; NULL: a NUL inside */
 static const char *setting_value(const struct setting *setting, const char *fallback) {
     const char *from_environment = getenv(setting->name);
     if (from_environment != NULL)
         return from_environment;
-    return setting->from_file != NULL ? setting->from_file : fallback;
+    if (setting->from_file == NULL)
+        return fallback;
+    return strlen(setting->from_file) == setting->length ? setting->from_file : NULL;
+}
+
+/* seconds_valid - a timeout as settings.py takes it: plain decimal, > 0, at most a day */
+static int seconds_valid(const char *text, double *seconds) {
+    const char *at = text;
+    if (!isdigit((unsigned char)*at))
+        return 0;
+    while (isdigit((unsigned char)*at))
+        at++;
+    if (*at == '.') {
+        if (!isdigit((unsigned char)*++at))
+            return 0;
+        while (isdigit((unsigned char)*at))
+            at++;
+    }
+    if (*at != '\0')
+        return 0;
+    *seconds = strtod(text, NULL);
+    return *seconds > 0 && *seconds <= MAX_DELIVER_TIMEOUT;
+}
+
+/* socket_valid - an absolute path of UTF-8 that fits sun_path, as settings.py takes it */
+static int socket_valid(const char *path, const struct sockaddr_un *address) {
+    return path[0] == '/' && strlen(path) < sizeof address->sun_path &&
+           utf8_valid((const unsigned char *)path, strlen(path));
 }
 
 /* send_all - send everything or defer: the service gone mid-message is a retry */
@@ -310,18 +427,20 @@ static struct client_settings load_settings(const char *config) {
         config = (from_environment && *from_environment) ? from_environment : NULL;
     }
     int named = config != NULL; /* a file named by --config or $ORDERFLOW_CONFIG must be read */
-    struct setting settings[] = {{"ORDERFLOW_DELIVER_SOCKET", NULL},
-                                 {"ORDERFLOW_DELIVER_TIMEOUT", NULL}};
+    struct setting settings[] = {{"ORDERFLOW_DELIVER_SOCKET", NULL, 0},
+                                 {"ORDERFLOW_DELIVER_TIMEOUT", NULL, 0}};
     read_settings(named ? config : DEFAULT_CONFIG, settings, 2, named);
     const char *socket_path = setting_value(&settings[0], DEFAULT_SOCKET);
     const char *timeout_text = setting_value(&settings[1], DEFAULT_TIMEOUT);
     struct client_settings result = {.address = {.sun_family = AF_UNIX}};
-    char *end = NULL;
-    result.timeout = strtod(timeout_text, &end);
-    if (end == timeout_text || *end != '\0' || !(result.timeout > 0) || result.timeout > 86400 ||
-        socket_path[0] != '/' || strlen(socket_path) >= sizeof result.address.sun_path)
+    if (socket_path == NULL || timeout_text == NULL ||
+        !socket_valid(socket_path, &result.address) || !seconds_valid(timeout_text, &result.timeout))
         fail(MISCONFIGURED);
     strcpy(result.address.sun_path, socket_path);
+#ifdef SETTINGS_PROBE /* tests/test_deliver_settings_parity.py: print what was read, stop */
+    printf("%s\n%.17g\n", socket_path, result.timeout);
+    exit(EX_OK);
+#endif
     return result;
 }
 

@@ -38,6 +38,7 @@ SOURCE = ROOT / "orderflow_ingest" / "pipe" / "deliver.c"
 sys.path.insert(0, str(ROOT))
 
 from orderflow_ingest.pipe import protocol  # noqa: E402
+from orderflow_ingest.pipe.build import defines  # noqa: E402
 
 SANITIZER_EXIT = 99
 ALLOWED_EXITS = {0, 67, 75}
@@ -59,6 +60,7 @@ def build(directory: Path) -> Path:
             "-fno-sanitize-recover=all",
             "-fno-omit-frame-pointer",
             "-Wall",
+            *defines(),  # the constants deliver.c shares with the Python side
             "-o",
             str(output),
             str(SOURCE),
