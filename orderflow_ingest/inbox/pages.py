@@ -10,12 +10,13 @@ request could otherwise see the state before the change."""
 from __future__ import annotations
 
 import uuid
+from datetime import datetime
 from pathlib import Path
 from typing import Annotated, Any
 from urllib.parse import urlencode, urlsplit
 
 from fastapi import APIRouter, BackgroundTasks, Depends, Form, Query, Request
-from fastapi.responses import HTMLResponse, RedirectResponse, Response
+from fastapi.responses import HTMLResponse, JSONResponse, RedirectResponse, Response
 from fastapi.templating import Jinja2Templates
 
 from orderflow_ingest import events, keys
@@ -41,6 +42,9 @@ templates = Jinja2Templates(directory=str(Path(__file__).parent / "templates"))
 templates.env.filters["size"] = words.size
 templates.env.globals["event_words"] = words.event_words
 PAGE_SIZE = 50
+# The inbox's poll for new mail (static/live.js): how often, and how many it counts at most.
+POLL_SECONDS = 15
+POLL_COUNT = 100
 SENT_TEXT = (
     "If that address has an account, a sign-in link is on its way. It works once, for"
     " {minutes} minutes."
@@ -214,6 +218,14 @@ def inbox(
     except message_queries.InvalidPageCursor as problem:
         error = str(problem)
     status = 400 if error else 200
+    live_url = None
+    if not q and cursor is None and error is None:  # the newest page, unfiltered: poll it
+        live_url = f"{PREFIX}/o/{org['slug']}/newest"
+        if messages:
+            top = messages[0]
+            live_url += "?" + urlencode(
+                {"since": top["received_at"].isoformat(), "seen": top["id"]}
+            )
     return render(
         request,
         "inbox.html",
@@ -225,6 +237,47 @@ def inbox(
         messages=messages,
         next_url=next_url,
         paged=cursor is not None,
+        live_url=live_url,
+        poll_seconds=POLL_SECONDS,
+    )
+
+
+@router.get("/o/{slug}/newest")
+def newest(
+    slug: str,
+    conn: DbConn,
+    user: User,
+    since: Annotated[str | None, Query(max_length=64)] = None,
+    seen: Annotated[str | None, Query(max_length=40)] = None,
+) -> Response:
+    """For the inbox's poll: the newest message, and how many arrived after the one the page
+    shows at its top (`since`, `seen`: its received time and id, the list's order), counted
+    through the same scoped list query as the page (at most POLL_COUNT, then `more`)."""
+    principal, _ = in_org(user, slug)
+    top: tuple[datetime, uuid.UUID] | None = None
+    if since:
+        try:
+            when = datetime.fromisoformat(since)
+        except ValueError:
+            return JSONResponse({"error": "since is not an ISO 8601 time"}, status_code=400)
+        if when.tzinfo is None:
+            return JSONResponse({"error": "since needs a UTC offset"}, status_code=400)
+        try:
+            top = (when, uuid.UUID(seen) if seen else uuid.UUID(int=(1 << 128) - 1))
+        except ValueError:
+            return JSONResponse({"error": "seen is not a message id"}, status_code=400)
+    where = message_queries.MessageFilter(received_after=top[0] if top else None)
+    rows, more = message_queries.list_messages(conn, principal.org_ids, where, None, POLL_COUNT)
+    newer = [row for row in rows if top is None or (row["received_at"], uuid.UUID(row["id"])) > top]
+    first = rows[0] if rows else None
+    return JSONResponse(
+        {
+            "newest": {"id": first["id"], "received_at": first["received_at"].isoformat()}
+            if first
+            else None,
+            "new": len(newer),
+            "more": bool(more) and len(newer) == len(rows),
+        }
     )
 
 

@@ -32,7 +32,8 @@ def csp(nonce: str) -> str:
     return (
         "default-src 'none'; "
         f"script-src 'nonce-{nonce}'; "
-        "style-src 'self'; img-src 'self'; form-action 'self'; "
+        # connect-src: the inbox's poll for new mail (static/live.js) asks its own origin.
+        "style-src 'self'; img-src 'self'; connect-src 'self'; form-action 'self'; "
         "frame-ancestors 'none'; base-uri 'none'"
     )
 
