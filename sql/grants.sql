@@ -73,9 +73,9 @@ GRANT EXECUTE ON FUNCTION orderflow_purge_message(uuid, text) TO {runtime};
 GRANT SELECT, INSERT, UPDATE ON inbox_user TO {runtime};
 -- `user add --org slug:role` sets a role (upsert); no DELETE (a role change is an UPDATE).
 GRANT SELECT, INSERT, UPDATE ON inbox_membership TO {runtime};
--- Sign-in links: inserted hashed, marked used once; expired rows stay (small, no secret).
+-- Sign-in links: inserted hashed, marked used once; pruned through 010's function.
 GRANT SELECT, INSERT, UPDATE ON inbox_login_token TO {runtime};
--- Sessions: created at sign-in, revoked at sign-out (UPDATE), never deleted.
+-- Sessions: created at sign-in, revoked at sign-out (UPDATE); pruned through 010's function.
 GRANT SELECT, INSERT, UPDATE ON inbox_session TO {runtime};
 
 -- 009_custom_domains
@@ -84,3 +84,7 @@ GRANT SELECT, INSERT, UPDATE ON inbox_session TO {runtime};
 GRANT SELECT, INSERT, UPDATE, DELETE ON custom_domain TO {runtime};
 -- What Postfix reads through its own role (orderflow_postfix); the services read it too.
 GRANT SELECT ON postfix_custom_domain TO {runtime};
+
+-- 010_inbox_prune
+-- The purge timer deletes used/expired sign-in links and ended sessions only through this.
+GRANT EXECUTE ON FUNCTION orderflow_prune_inbox_signin(interval) TO {runtime};

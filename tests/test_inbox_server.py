@@ -820,3 +820,66 @@ def test_the_inbox_polls_newest_for_new_mail_and_works_without_script(
         assert http.get(f"/inbox/o/{slug}/newest", params={"since": "yesterday"}).status_code == 400
     with browser(world) as anonymous:
         assert anonymous.get(f"/inbox/o/{slug}/newest").status_code == 303
+
+
+def test_the_purge_timer_prunes_used_and_expired_links_and_ended_sessions(
+    stack: Any, world: dict[str, Any], db: Any
+) -> None:
+    user_id = db.execute(
+        "SELECT id::text AS id FROM inbox_user WHERE email = %s", (VIEWER,)
+    ).fetchone()["id"]
+
+    def digest(name: str) -> str:
+        return hashlib.sha256(f"{name}-{uuid.uuid4()}".encode()).hexdigest()
+
+    # (name, used or revoked this long ago, expires in): a day's grace after either end.
+    rows = {
+        "used-2d": ("2 days", "10 minutes"),
+        "expired-2d": (None, "-2 days"),
+        "used-1h": ("1 hour", "10 minutes"),
+        "expired-1h": (None, "-1 hour"),
+        "live": (None, "10 minutes"),
+    }
+    tokens, sessions = {}, {}
+    for name, (ended, expires) in rows.items():
+        tokens[name] = digest(name)
+        db.execute(
+            "INSERT INTO inbox_login_token (token_sha256, user_id, created_at, expires_at, used_at)"
+            " VALUES (%s, %s, now() - interval '3 days', now() + %s::interval,"
+            " now() - %s::interval)",
+            (tokens[name], user_id, expires, ended),
+        )
+        sessions[name] = digest(name)
+        db.execute(
+            "INSERT INTO inbox_session (id_sha256, user_id, csrf_token, created_at, expires_at,"
+            " revoked_at) VALUES (%s, %s, 'x', now() - interval '3 days', now() + %s::interval,"
+            " now() - %s::interval)",
+            (sessions[name], user_id, expires, ended),
+        )
+    with signed_in(world, VIEWER) as http:
+        code, done = cli_json(stack, "purge")
+        assert code == 0, done
+        assert done["inbox_signin_pruned"]["tokens"] >= 2
+        assert done["inbox_signin_pruned"]["sessions"] >= 2
+        # The live session of this very client goes on working.
+        assert http.get("/inbox/o/acme").status_code == 200
+    left_tokens = {
+        row["token_sha256"]
+        for row in db.execute(
+            "SELECT token_sha256 FROM inbox_login_token WHERE token_sha256 = ANY(%s)",
+            (list(tokens.values()),),
+        ).fetchall()
+    }
+    left_sessions = {
+        row["id_sha256"]
+        for row in db.execute(
+            "SELECT id_sha256 FROM inbox_session WHERE id_sha256 = ANY(%s)",
+            (list(sessions.values()),),
+        ).fetchall()
+    }
+    kept = ("used-1h", "expired-1h", "live")
+    assert left_tokens == {tokens[name] for name in kept}
+    assert left_sessions == {sessions[name] for name in kept}
+    # `purge --org` is about one org's messages: it leaves sign-in rows alone.
+    code, one = cli_json(stack, "purge", "--org", "acme")
+    assert code == 0 and one["inbox_signin_pruned"] is None

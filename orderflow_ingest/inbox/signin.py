@@ -14,10 +14,13 @@ from __future__ import annotations
 import hashlib
 import secrets
 from dataclasses import dataclass
+from datetime import timedelta
 from typing import Any
 
 from orderflow_ingest.db import Conn
 
+# Used/expired links and ended/expired sessions are pruned this long after they ended.
+PRUNE_AFTER = timedelta(days=1)
 # Requests for a link, per window, per address and per client address (Redis counters).
 WINDOW_SECONDS = 900
 PER_ADDRESS = 5
@@ -127,3 +130,13 @@ def end_session(conn: Conn, session_id: str) -> None:
         "UPDATE inbox_session SET revoked_at = now() WHERE id_sha256 = %s AND revoked_at IS NULL",
         (digest(session_id),),
     )
+
+
+def prune(conn: Conn, keep: timedelta = PRUNE_AFTER) -> dict[str, int]:
+    """Delete sign-in links used or expired, and sessions ended or expired, more than `keep`
+    ago (through orderflow_prune_inbox_signin: the runtime role cannot delete them itself);
+    the caller commits. Returns how many of each went. Neither can ever sign anyone in again:
+    a link is looked up by the hash of its token, a session by the hash of its cookie."""
+    row = conn.execute("SELECT * FROM orderflow_prune_inbox_signin(%s)", (keep,)).fetchone()
+    assert row is not None
+    return {"tokens": int(row["tokens"]), "sessions": int(row["sessions"])}

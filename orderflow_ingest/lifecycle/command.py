@@ -8,9 +8,8 @@ from typing import Annotated, Any
 import typer
 
 from orderflow_ingest.cli_support import ConfigOption, JsonOption, fail, settings_or_exit
+from orderflow_ingest.outcomes import EX_TEMPFAIL, EXIT_FAILURE  # EX_TEMPFAIL: the timer retries
 
-# Exit code when a backend failed under us (EX_TEMPFAIL): the timer's next run retries.
-EX_TEMPFAIL = 75
 BATCH_STATEMENT_TIMEOUT = 300.0
 
 OrgOption = Annotated[str | None, typer.Option("--org", help="Only this org (slug).")]
@@ -116,9 +115,18 @@ def purge(
                 return
             s3 = make_client(settings)
             totals = run_purge(conn, s3, settings.s3_bucket, selection, reason="retention")
+            pruned = None
+            if org is None:  # the timer's run: also used/expired inbox sign-in rows
+                from orderflow_ingest.inbox.signin import prune
+
+                pruned = prune(conn)
+                conn.commit()
     except psycopg.Error as error:
         fail(f"database error: {type(error).__name__}; run again later", EX_TEMPFAIL)
-    _emit(totals.as_dict(), as_json, _totals_text("purged", totals))
+    text = _totals_text("purged", totals)
+    if pruned is not None:
+        text += f"; pruned {pruned['tokens']} sign-in links, {pruned['sessions']} inbox sessions"
+    _emit({**totals.as_dict(), "inbox_signin_pruned": pruned}, as_json, text)
     if totals.failed:
         raise typer.Exit(EX_TEMPFAIL)
 
@@ -161,7 +169,7 @@ def verify_storage(
     )
     _emit(report.as_dict(), as_json, "\n".join(lines))
     if report.problems:
-        raise typer.Exit(1)
+        raise typer.Exit(EXIT_FAILURE)
 
 
 def org_retention(
