@@ -18,6 +18,7 @@ import os
 import shlex
 import shutil
 import sys
+from collections.abc import Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated
 
@@ -54,8 +55,8 @@ def _fail(error: Exception) -> typer.Exit:
 
 def up_options(
     saved: StackOptions | None,
-    environ: dict[str, str],
-    changes: dict[str, object],
+    environ: Mapping[str, str],
+    changes: Mapping[str, object],
 ) -> StackOptions:
     """What `dev up` starts: the saved options of an existing stack, else the whole system
     (with servers named in the environment used instead of our own); flags change either."""
@@ -113,10 +114,9 @@ def up(
     base = directory.resolve()
     try:
         saved = Stack.load(base).options if (base / "stack.json").is_file() else None
-        environ = dict(os.environ)
         options = up_options(
             saved,
-            environ,
+            os.environ,
             {"milter": milter, "workers": workers, "deliver": deliver, "api": api},
         )
         if saved is None:
