@@ -71,8 +71,8 @@ def db_migrate(
 
     Example: orderflow-ingest db migrate --config /etc/orderflow/ingest.env
     """
-    from orderflow_ingest.cli_support import EX_CONFIG
     from orderflow_ingest.db import migrate
+    from orderflow_ingest.outcomes import EX_CONFIG
     from orderflow_ingest.settings import SettingsError, load_migrate_settings
 
     try:

@@ -7,9 +7,8 @@ from typing import Annotated, NoReturn
 
 import typer
 
+from orderflow_ingest.outcomes import EX_CONFIG, EXIT_FAILURE
 from orderflow_ingest.settings import Settings, SettingsError, load_settings
-
-EX_CONFIG = 78
 
 ConfigOption = Annotated[
     str | None,
@@ -22,7 +21,7 @@ ConfigOption = Annotated[
 JsonOption = Annotated[bool, typer.Option("--json", help="Print JSON instead of text.")]
 
 
-def fail(message: str, code: int = 1) -> NoReturn:
+def fail(message: str, code: int = EXIT_FAILURE) -> NoReturn:
     typer.echo(f"orderflow-ingest: {message}", err=True)
     raise typer.Exit(code)
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 import os
 import sys
 
-EX_TEMPFAIL = 75
+from orderflow_ingest.outcomes import EX_OK, EX_TEMPFAIL
 
 
 def deliver(args: list[str]) -> int:
@@ -31,7 +31,7 @@ def main() -> int:
     from orderflow_ingest.cli import app
 
     app()
-    return 0
+    return EX_OK
 
 
 if __name__ == "__main__":

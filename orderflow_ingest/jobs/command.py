@@ -12,6 +12,8 @@ from typing import Annotated
 
 import typer
 
+from orderflow_ingest.outcomes import EX_NOINPUT
+
 
 def worker(
     config: Annotated[
@@ -70,5 +72,5 @@ def inspect(
             result = inspect_file(file, max_depth=max_depth)
         except OSError as error:
             typer.echo(f"orderflow-ingest: cannot read {file}: {error.strerror}", err=True)
-            raise typer.Exit(66) from None  # EX_NOINPUT
+            raise typer.Exit(EX_NOINPUT) from None
     typer.echo(render_json(result) if json_output else render_text(result))

@@ -32,6 +32,7 @@ import milter as libmilter
 
 from orderflow_ingest import metrics
 from orderflow_ingest.logs import LOGGER_NAME, log_event, reopen_logs, setup_logging
+from orderflow_ingest.outcomes import EX_CONFIG, EX_OK, EX_OSERR, EX_SOFTWARE
 from orderflow_ingest.settings import Settings
 
 MILTER_NAME = "orderflow-ingest"
@@ -40,7 +41,6 @@ DB_POOL_SIZE = 8
 # How long libmilter waits on Postfix before it drops a silent connection.
 LIBMILTER_TIMEOUT = 600
 SOCKET_MODE = 0o660
-EX_OK, EX_SOFTWARE, EX_OSERR, EX_CONFIG = 0, 70, 71, 78
 
 
 class StartupError(Exception):

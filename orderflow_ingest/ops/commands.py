@@ -15,20 +15,12 @@ from typing import Annotated, Any
 
 import typer
 
-from orderflow_ingest.cli_support import (
-    EX_CONFIG,
-    ConfigOption,
-    JsonOption,
-    fail,
-    settings_or_exit,
-)
+from orderflow_ingest.cli_support import ConfigOption, JsonOption, fail, settings_or_exit
+from orderflow_ingest.outcomes import EX_CONFIG, EX_TEMPFAIL, EXIT_FAILURE, EXIT_USAGE
 
 OrgOption = Annotated[
     str | None, typer.Option("--org", help="Only messages of this org (slug).", show_default=False)
 ]
-
-EX_USAGE = 2
-EX_TEMPFAIL = 75
 
 
 def _json_default(value: Any) -> Any:
@@ -176,17 +168,17 @@ def reprocess(
     )
     bad = [s for s in statuses if s not in ("FAILED", "PARSED", "STORED")]
     if bad:
-        fail(f"--status {bad[0]}: use FAILED, PARSED or STORED", EX_USAGE)
+        fail(f"--status {bad[0]}: use FAILED, PARSED or STORED", EXIT_USAGE)
     if not (identifiers or org or statuses or since or until):
         fail(
             "say which messages: ids, or a selection such as --status FAILED --since 24h",
-            EX_USAGE,
+            EXIT_USAGE,
         )
     try:
         since_at = parse_when(since) if since else None
         until_at = parse_when(until) if until else None
     except ValueError as error:
-        fail(str(error), EX_USAGE)
+        fail(str(error), EXIT_USAGE)
     settings = settings_or_exit(config)
     _logging(settings, "reprocess")
     unmatched: list[str] = []
@@ -262,7 +254,7 @@ def reprocess(
         typer.echo(f"{len(steps)} message(s): " + (", ".join(parts) or "nothing selected"))
     problems = any(s.action in (ops.ERROR, ops.IMPOSSIBLE) for s in steps)
     if problems or unmatched or not waited_ok:
-        raise typer.Exit(1)
+        raise typer.Exit(EXIT_FAILURE)
 
 
 @contextmanager
@@ -324,7 +316,7 @@ def sweep(
     try:
         threshold = parse_duration(older_than)
     except ValueError as error:
-        fail(str(error), EX_USAGE)
+        fail(str(error), EXIT_USAGE)
     settings = settings_or_exit(config)
     _logging(settings, "sweep")
     with _backends(settings, s3=False) as (conn, redis_client, _s3):
@@ -355,7 +347,7 @@ def sweep(
     elif not quiet:
         typer.echo(f"nothing stuck for longer than {older_than}")
     if ops.ERROR in totals:
-        raise typer.Exit(1)
+        raise typer.Exit(EXIT_FAILURE)
 
 
 # --- show / trace / raw ------------------------------------------------------------------
@@ -538,14 +530,14 @@ def doctor(
     except SettingsError as error:
         failed = ops.Check("settings", ops.FAIL, str(error))
         typer.echo(_dump([failed.as_dict()]) if as_json else failed.line())
-        raise typer.Exit(1) from None
+        raise typer.Exit(EXIT_FAILURE) from None
     checks = ops.run_checks(settings, min_free=min_free_mb * 1024 * 1024)
     if as_json:
         typer.echo(_dump([check.as_dict() for check in checks]))
     else:
         typer.echo("\n".join(check.line() for check in checks))
     if ops.failed(checks):
-        raise typer.Exit(1)
+        raise typer.Exit(EXIT_FAILURE)
 
 
 # --- exporter ----------------------------------------------------------------------------

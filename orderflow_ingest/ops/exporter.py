@@ -32,6 +32,7 @@ from orderflow_ingest.ops.collector import (
     postconf_value,
     postfix_queue_directory,
 )
+from orderflow_ingest.outcomes import EX_CONFIG
 from orderflow_ingest.settings import Settings
 
 # queue_directory of Postfix changes only with a reconfiguration: look it up rarely.
@@ -179,13 +180,13 @@ def start(settings: Settings, collector: Any = None) -> tuple[Any, threading.Thr
 
 
 def serve(settings: Settings) -> int:
-    """Run until SIGTERM/SIGINT. Returns the exit status (78 for a non-loopback address)."""
+    """Run until SIGTERM/SIGINT. Returns the exit status (EX_CONFIG for a non-loopback address)."""
     setup_logging(settings.log_level, settings.log_file, component="exporter")
     try:
         server, _thread = start(settings)
     except NotLoopback as error:
         log_event("exporter.refused", logging.ERROR, error=str(error))
-        return 78
+        return EX_CONFIG
     log_event("exporter.started", listen=settings.metrics_listen)
     stopping = threading.Event()
     signal.signal(signal.SIGTERM, lambda signum, frame: stopping.set())

@@ -24,14 +24,13 @@ from orderflow_ingest import metrics, storage
 from orderflow_ingest.db import make_pool
 from orderflow_ingest.job_queue import make_redis
 from orderflow_ingest.logs import log_event, reopen_logs, setup_logging
-from orderflow_ingest.outcomes import Outcome
+from orderflow_ingest.outcomes import EX_CONFIG, Outcome
 from orderflow_ingest.pipe.ingest import Backends, Envelope, deliver, spool
 from orderflow_ingest.pipe.limits import checked_pipe_limits
 from orderflow_ingest.pipe.protocol import CHUNK, Decoder, TooLarge, WireError, format_reply
 from orderflow_ingest.settings import Settings, SettingsError
 
 SOCKET_MODE = 0o660
-EX_CONFIG = 78
 
 
 class EmptyConnection(Exception):

@@ -22,6 +22,7 @@ from psycopg_pool import PoolTimeout
 
 from orderflow_ingest import db, metrics
 from orderflow_ingest.logs import log_event, setup_logging
+from orderflow_ingest.outcomes import EX_TEMPFAIL
 from orderflow_ingest.webhooks import delivery, fanout
 
 # After a database error, wait this long before trying again (and log once per outage).
@@ -152,7 +153,7 @@ def serve(settings: Any) -> int:
         dispatcher.run()
     except (PoolTimeout, psycopg.OperationalError) as error:
         log_event("webhook.dispatcher_no_database", logging.ERROR, error=str(error)[:300])
-        return 75  # EX_TEMPFAIL: systemd starts it again after RestartSec
+        return EX_TEMPFAIL  # systemd starts it again after RestartSec
     finally:
         metrics.shutdown()
     log_event("webhook.dispatcher_stopped")
