@@ -16,10 +16,19 @@ from typing import Any
 import psycopg
 import pytest
 from conftest import send_mail
-from inbox_support import add_user, clear_rate_limits, inbox_server, smtp_sink
+from inbox_support import (
+    WEBHOOKS_ON_LOOPBACK,
+    add_user,
+    clear_rate_limits,
+    inbox_server,
+    smtp_sink,
+)
 from ops_support import cli, run_worker, wait_status
 from psycopg.rows import dict_row
 from samples import address, minimal_pdf, order_email
+from support_wait import wait_for
+from webhook_receiver import Receiver
+from webhook_support import drop_endpoints, record_events, running_dispatcher, webhook_settings
 
 CHROMIUM = Path("/usr/bin/chromium")
 pytestmark = [
@@ -52,7 +61,7 @@ def world(stack: Any, settings: Any) -> Iterator[dict[str, Any]]:
     add_user(stack, VIEWER, "acme:viewer")
     staff = cli(stack, "user", "add", STAFF, "--platform-admin")
     assert staff.returncode == 0, staff.stderr
-    with smtp_sink() as sink, inbox_server(stack, sink) as base:
+    with smtp_sink() as sink, inbox_server(stack, sink, WEBHOOKS_ON_LOOPBACK) as base:
         yield {
             "base": base,
             "sink": sink,
@@ -231,3 +240,111 @@ def test_browser_platform_admin_picks_an_org_and_creates_a_key_shown_once(
     row = page.locator("table.keys tbody tr", has_text="browser-key")
     expect(row).to_contain_text("revoked")
     shoot(page, tmp_path, "keys")
+
+
+def test_browser_org_admin_adds_a_webhook_sees_it_deliver_redelivers_and_deletes_it(
+    world: dict[str, Any], page: Any, tmp_path: Path, db: Any
+) -> None:
+    from playwright.sync_api import expect
+
+    wh = webhook_settings(world["stack"])
+    org_id = str(world["row"]["org_id"])
+    receiver = Receiver()
+    try:
+        sign_in(page, world, STAFF, landing="**/inbox/")
+        page.get_by_role("main").get_by_role("link", name="Acme", exact=True).click()
+        page.wait_for_url("**/inbox/o/acme")
+        page.get_by_role("link", name="Webhooks", exact=True).click()
+        expect(page.get_by_role("heading", name="Webhooks")).to_be_visible()
+        shoot(page, tmp_path, "webhooks-empty")
+        # The SSRF rules hold here as in the API: a link-local address is refused.
+        page.get_by_label("Endpoint URL").fill("http://169.254.169.254/latest/meta-data")
+        page.get_by_role("button", name="Add endpoint").click()
+        expect(page.get_by_role("alert")).to_contain_text("Refused:")
+        shoot(page, tmp_path, "webhooks-refused")
+        page.get_by_label("Endpoint URL").fill(receiver.url("/browser-hook"))
+        page.get_by_label("Event types").fill("message.parsed")
+        page.get_by_role("button", name="Add endpoint").click()
+        expect(page.locator("#secret")).to_have_text(re.compile(r"^whsec_[A-Za-z0-9+/=]{40,}$"))
+        shown = page.locator("#secret").inner_text()
+        shoot(page, tmp_path, "webhooks-created")
+        page.get_by_role("link", name="Open the endpoint").click()
+        expect(page.get_by_role("heading", name=receiver.url("/browser-hook"))).to_be_visible()
+        assert shown not in page.content()
+        with running_dispatcher(wh):
+            [event_id] = record_events(wh, org_id, 1, "message.parsed")
+            wait_for(lambda: receiver.requests, 30, "the delivery")
+            wait_for(
+                lambda: db.execute(
+                    "SELECT 1 FROM webhook_delivery WHERE event_id = %s AND status = 'delivered'",
+                    (event_id,),
+                ).fetchone(),
+                30,
+                "the delivery marked delivered",
+            )
+            page.reload()
+            row = page.locator("table.deliveries tbody tr", has_text=f"evt_{event_id}")
+            expect(row).to_contain_text("delivered")
+            expect(row).to_contain_text("HTTP 200")
+            shoot(page, tmp_path, "webhook-deliveries")
+            row.get_by_role("button", name=f"Redeliver evt_{event_id}").click()
+            expect(page.get_by_role("status")).to_contain_text("Delivery queued again")
+            wait_for(lambda: len(receiver.requests) >= 2, 30, "the redelivery")
+        assert receiver.requests[1].webhook_id == f"evt_{event_id}"
+        page.get_by_role("button", name="Disable").click()
+        expect(page.locator("#health")).to_contain_text("disabled")
+        shoot(page, tmp_path, "webhook-disabled")
+        page.get_by_role("button", name="Enable").click()
+        expect(page.locator("#health")).not_to_contain_text("disabled")
+        page.get_by_role("button", name="Delete").click()
+        page.wait_for_url("**/inbox/o/acme/webhooks")
+        expect(page.get_by_text("No endpoints yet.")).to_be_visible()
+    finally:
+        drop_endpoints(wh, org_id)
+        receiver.close()
+
+
+def test_browser_platform_admin_view_lists_orgs_and_is_hidden_from_others(
+    world: dict[str, Any], page: Any, tmp_path: Path
+) -> None:
+    from playwright.sync_api import expect
+
+    sign_in(page, world, STAFF, landing="**/inbox/")
+    page.get_by_role("link", name="All orgs").click()
+    page.wait_for_url("**/inbox/admin")
+    expect(page.get_by_role("heading", name="All orgs")).to_be_visible()
+    acme = page.locator("table.orgs-admin tbody tr").filter(
+        has=page.get_by_role("link", name="Acme", exact=True)
+    )
+    expect(acme.locator("td[data-label='state']")).to_have_text("active")
+    expect(acme.locator("td[data-label='last 24 h']")).not_to_have_text("0")
+    shoot(page, tmp_path, "admin")
+    acme.get_by_role("link", name="Acme").click()
+    page.wait_for_url("**/inbox/o/acme")
+    page.context.clear_cookies()
+    sign_in(page, world, OPERATOR)
+    expect(page.get_by_role("link", name="All orgs")).to_have_count(0)
+    page.goto(f"{world['base']}/inbox/admin")
+    expect(page.get_by_role("heading", name="No such page.")).to_be_visible()
+
+
+def test_browser_new_mail_shows_without_a_reload(
+    world: dict[str, Any], page: Any, tmp_path: Path, db: Any
+) -> None:
+    from playwright.sync_api import expect
+
+    page.clock.install()  # the poll's timer runs on this clock; fetch and the server are real
+    sign_in(page, world, OPERATOR)
+    expect(page.locator("#live")).to_be_empty()
+    subject = f"Live order {uuid.uuid4().hex[:8]}"
+    message = order_email(subject=subject)
+    send_mail(world["stack"], message, [address("acme")])
+    wait_status(db, message["Message-ID"], ("STORED", "PARSED"))
+    page.clock.run_for(16_000)
+    link = page.get_by_role("link", name=re.compile(r"^1 new message — show$"))
+    expect(link).to_be_visible()
+    shoot(page, tmp_path, "new-mail")
+    expect(page.get_by_role("link", name=subject)).to_have_count(0)
+    link.click()
+    expect(page.get_by_role("link", name=subject)).to_be_visible()
+    expect(page.locator("#live")).to_be_empty()
