@@ -105,9 +105,8 @@ def test_fast_rsa_verify_agrees_with_dkimpy() -> None:
     from cryptography.hazmat.primitives import hashes
     from cryptography.hazmat.primitives.asymmetric import padding, rsa
 
-    from orderflow_ingest.milter import dkim_check, dkimpy_fast
+    from orderflow_ingest.milter import dkimpy_fast
 
-    assert dkim_check.dkimpy_fast is dkimpy_fast  # importing dkim_check installs it
     key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
     numbers = key.public_key().public_numbers()
     public = {"modulus": numbers.n, "publicExponent": numbers.e}
@@ -134,10 +133,9 @@ def test_fast_int_conversions_agree_with_dkimpy() -> None:
 
     import dkim.crypto
 
-    from orderflow_ingest.milter import dkim_check, dkimpy_fast
+    from orderflow_ingest.milter import dkimpy_fast
 
-    del dkim_check  # imported for its side effect: installing the fast functions
-
+    dkimpy_fast.install()  # what the milter's start-up does
     original_int2str = dkimpy_fast._original_int2str
     original_str2int = dkimpy_fast._original_str2int
     for n in (0, 1, 255, 256, 2**2047 + 12345, random.getrandbits(2048)):
@@ -147,16 +145,16 @@ def test_fast_int_conversions_agree_with_dkimpy() -> None:
             assert dkimpy_fast.int2str(n, length) == original_int2str(n, length)
         data = bytes(original_int2str(n))
         assert dkimpy_fast.str2int(data) == original_str2int(data)
-    assert dkim.crypto.int2str is dkimpy_fast.int2str  # installed by dkim_check
+    assert dkim.crypto.int2str is dkimpy_fast.int2str
 
 
 def test_cached_key_parsing_agrees_with_dkimpy() -> None:
     import dkim
     import pytest as _pytest
 
-    from orderflow_ingest.milter import dkim_check, dkimpy_fast
+    from orderflow_ingest.milter import dkimpy_fast
 
-    del dkim_check
+    dkimpy_fast.install()  # what the milter's start-up does
     record = b"v=DKIM1; k=ed25519; p=11qYAYKxCrfVS/7TyWQHOg7hcvPapiMlrwIaaPcHURo="
     assert dkim.evaluate_pk is dkimpy_fast.evaluate_pk
     first = dkim.evaluate_pk(b"a._domainkey.x.test.", record)

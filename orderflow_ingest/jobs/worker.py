@@ -12,6 +12,9 @@
   restarted worker frees the lock of a scheduler that died on this host, so it takes over at
   once; a shorter worker_ttl makes idle workers on other hosts take over within ~2 minutes.
 - RQ's own log lines go through our JSON formatter, one line per event like everything else.
+- Nothing of RQ is patched; what is read of its internals here (the started registry's
+  composite keys, the intermediate list, the scheduler lock and hash, Worker.execute_job) is
+  RQ 3.0's: pyproject bounds rq below 3.1 and tests/test_patch_contracts.py checks each.
 """
 
 from __future__ import annotations

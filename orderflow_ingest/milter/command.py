@@ -17,6 +17,9 @@ def milter(
     Example: orderflow-ingest milter --config /etc/orderflow/ingest.env
     """
     from orderflow_ingest.cli_support import settings_or_exit
+    from orderflow_ingest.milter import dkimpy_fast
     from orderflow_ingest.milter.daemon import serve
 
-    raise typer.Exit(serve(settings_or_exit(config)))
+    settings = settings_or_exit(config)
+    dkimpy_fast.install()  # dkimpy's RSA through OpenSSL: installed at start, never at import
+    raise typer.Exit(serve(settings))

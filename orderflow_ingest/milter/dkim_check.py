@@ -29,15 +29,11 @@ from typing import Any
 import dkim
 import dkim.util
 
-from orderflow_ingest.milter import dkimpy_fast
 from orderflow_ingest.milter.dkim_body import BodyHashes, key_for
 from orderflow_ingest.milter.dns import DnsBudget, DnsTempError
 
 MAX_SIGNATURES = 8
 MIN_RSA_BITS = 1024
-
-
-dkimpy_fast.install()
 
 
 @dataclass(frozen=True)

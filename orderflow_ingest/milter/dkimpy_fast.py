@@ -4,8 +4,12 @@ dkimpy verifies RSA signatures with Python's pow() and converts integers to byte
 loops: about 1.5 ms per signature here, most of what a signed message cost the milter. These
 replacements do the same with OpenSSL (through `cryptography`) and int.to_bytes. Anything
 they are not sure about (an unusual key, a hash we do not map) goes to dkimpy's original
-code, so a verdict can never differ from dkimpy's, only arrive sooner. `install()` is called
-once by dkim_check at import.
+code, so a verdict can never differ from dkimpy's, only arrive sooner.
+
+Nothing changes at import: `install()` puts them in dkimpy's place, called once by the milter's
+start-up (`daemon.serve`), so importing dkim_check (tests, tools) leaves dkimpy as it is. The
+names replaced are dkimpy 1.1's (pyproject bounds it below 1.2); tests/test_patch_contracts.py
+fails when an upgrade renames one or stops looking it up where we replace it.
 """
 
 from __future__ import annotations
@@ -15,16 +19,10 @@ from typing import Any
 
 import dkim
 import dkim.crypto
-
-try:
-    from cryptography.exceptions import InvalidSignature
-    from cryptography.hazmat.primitives import hashes
-    from cryptography.hazmat.primitives.asymmetric import padding, utils
-    from cryptography.hazmat.primitives.asymmetric.rsa import RSAPublicNumbers
-
-    HAVE_OPENSSL = True
-except ImportError:  # cryptography is a dependency; without it dkimpy's own code stays
-    HAVE_OPENSSL = False
+from cryptography.exceptions import InvalidSignature
+from cryptography.hazmat.primitives import hashes
+from cryptography.hazmat.primitives.asymmetric import padding, utils
+from cryptography.hazmat.primitives.asymmetric.rsa import RSAPublicNumbers
 
 _original_verify = dkim.crypto.RSASSA_PKCS1_v1_5_verify
 _original_int2str = dkim.crypto.int2str
@@ -84,10 +82,16 @@ def evaluate_pk(name: Any, record: Any) -> Any:
 
 
 def install() -> None:
+    """Put the fast functions in dkimpy's place (idempotent); the milter calls it at start."""
     dkim.crypto.int2str = int2str
     dkim.crypto.str2int = str2int
     dkim.evaluate_pk = evaluate_pk  # load_pk_from_dns looks the name up in dkim's namespace
-    if not HAVE_OPENSSL:
-        return
     dkim.crypto.RSASSA_PKCS1_v1_5_verify = rsassa_pkcs1_v1_5_verify
     dkim.RSASSA_PKCS1_v1_5_verify = rsassa_pkcs1_v1_5_verify  # the name dkimpy calls
+
+
+def installed() -> bool:
+    """Whether install() ran in this process (the milter logs it at start)."""
+    return dkim.evaluate_pk is evaluate_pk and dkim.RSASSA_PKCS1_v1_5_verify is (
+        rsassa_pkcs1_v1_5_verify
+    )
