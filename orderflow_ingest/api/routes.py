@@ -20,7 +20,6 @@ from orderflow_ingest.ops import queries
 from orderflow_ingest.ops import reprocess as reprocess_ops
 
 router = APIRouter(prefix="/v1", responses=PROBLEM_RESPONSES)
-STATUSES = ("RECEIVED", "STORED", "PARSED", "FAILED")
 UNSAFE_FILENAME = re.compile(r"[^A-Za-z0-9._-]+")
 
 MessagesRead = Annotated[keys.Principal, Depends(require("messages:read"))]
@@ -47,7 +46,7 @@ def list_messages(
     limit: Annotated[int, Query(ge=1, le=200)] = 50,
 ) -> Any:
     """The key's orgs' messages, newest first, with filters and cursor pagination."""
-    bad = sorted(set(status or ()) - set(STATUSES))
+    bad = sorted(set(status or ()) - set(queries.STATUSES))
     if bad:
         raise ApiProblem(422, f"unknown status {bad[0]!r}")
     where = message_queries.MessageFilter(

@@ -15,8 +15,9 @@ from datetime import UTC, datetime
 from typing import Any
 
 from orderflow_ingest.api.message_queries import MessageFilter, SearchTerm
+from orderflow_ingest.ops import queries
 
-STATUSES = ("received", "stored", "parsed", "failed")
+STATUSES = tuple(status.lower() for status in queries.STATUSES)  # status:parsed
 TEXT_FIELDS = ("from", "to", "subject", "message-id", "filename")
 MAX_QUERY = 500
 MAX_TERMS = 12

@@ -34,7 +34,7 @@ from prometheus_client.utils import floatToGoString
 
 from orderflow_ingest import metrics
 from orderflow_ingest.logs import log_event
-from orderflow_ingest.ops import postfix_queue
+from orderflow_ingest.ops import postfix_queue, queries
 from orderflow_ingest.ops.probes import unix_socket_listening
 
 METRIC_NAME = re.compile(r"^[a-zA-Z_:][a-zA-Z0-9_:]*$")
@@ -239,13 +239,6 @@ def rq_families(states: list[RQQueueState]) -> list[Metric]:
     return [jobs, workers]
 
 
-INGEST_LAG_SQL = """
-SELECT status, count(*) AS messages,
-       coalesce(extract(epoch FROM now() - min(created_at)), 0)::float8 AS oldest_seconds
-FROM inbound_message WHERE status IN ('RECEIVED', 'STORED') GROUP BY status
-"""
-
-
 def ingest_families(rows: list[dict[str, Any]]) -> list[Metric]:
     """Messages not yet PARSED or FAILED, and the age of the oldest (the ingest lag)."""
     pending = GaugeMetricFamily(
@@ -254,7 +247,7 @@ def ingest_families(rows: list[dict[str, Any]]) -> list[Metric]:
         labels=["status"],
     )
     by_status = {row["status"]: row for row in rows}
-    for status in ("RECEIVED", "STORED"):
+    for status in queries.IN_FLIGHT:
         pending.add_metric([status], float(by_status.get(status, {}).get("messages", 0)))
     lag = max((float(row["oldest_seconds"]) for row in rows), default=0.0)
     return [
@@ -491,7 +484,7 @@ class OrderflowCollector(Collector):
 
     def _ingest(self) -> list[Metric]:
         with self._sources.database() as conn:
-            rows = conn.execute(INGEST_LAG_SQL).fetchall()
+            rows = queries.in_flight_by_status(conn)
         return ingest_families(rows)
 
     def _webhooks(self) -> list[Metric]:

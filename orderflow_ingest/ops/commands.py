@@ -166,9 +166,10 @@ def reprocess(
     statuses = tuple(
         part.strip().upper() for value in status or () for part in value.split(",") if part.strip()
     )
-    bad = [s for s in statuses if s not in ("FAILED", "PARSED", "STORED")]
+    bad = [s for s in statuses if s not in queries.REPROCESSABLE]
     if bad:
-        fail(f"--status {bad[0]}: use FAILED, PARSED or STORED", EXIT_USAGE)
+        *most, last = queries.REPROCESSABLE
+        fail(f"--status {bad[0]}: use {', '.join(most)} or {last}", EXIT_USAGE)
     if not (identifiers or org or statuses or since or until):
         fail(
             "say which messages: ids, or a selection such as --status FAILED --since 24h",
@@ -202,7 +203,7 @@ def reprocess(
                 conn,
                 queries.Selection(
                     org_slug=org,
-                    statuses=statuses or ("FAILED", "PARSED", "STORED"),
+                    statuses=statuses or queries.REPROCESSABLE,
                     since=since_at,
                     until=until_at,
                     limit=limit,

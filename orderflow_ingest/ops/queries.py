@@ -32,7 +32,12 @@ TRACE_ID = re.compile(r"^[0-9a-f]{32}$")
 QUEUE_ID = re.compile(
     r"^(?:[0-9A-F]{6,16}|[0-9B-DF-HJ-NP-TV-Zb-df-hj-np-tv-z]{10,20}z[0-9A-Za-z]+)$"
 )
+# inbound_message.status in its order (sql/001_core.sql's trigger enforces the transitions).
 STATUSES = ("RECEIVED", "STORED", "PARSED", "FAILED")
+# Not yet PARSED or FAILED: what sweep, the exporter's ingest lag and org delete wait on.
+IN_FLIGHT = ("RECEIVED", "STORED")
+# What `reprocess` may select: everything but a RECEIVED row, whose delivery is still running.
+REPROCESSABLE = tuple(sorted(set(STATUSES) - {"RECEIVED"}))
 
 
 @dataclass(frozen=True)
@@ -172,6 +177,25 @@ def history(conn: Conn, inbound_message_id: str) -> list[dict[str, Any]]:
         "SELECT status, at, error_json FROM inbound_message_event"
         " WHERE inbound_message_id = %s ORDER BY at, id",
         (inbound_message_id,),
+    ).fetchall()
+
+
+def statuses_of(conn: Conn, ids: list[str]) -> dict[str, str]:
+    """inbound_message id -> its status now, for the ids that exist."""
+    rows = conn.execute(
+        "SELECT id::text AS id, status FROM inbound_message WHERE id = ANY(%s::uuid[])", (ids,)
+    ).fetchall()
+    return {row["id"]: row["status"] for row in rows}
+
+
+def in_flight_by_status(conn: Conn) -> list[dict[str, Any]]:
+    """Per status not yet PARSED or FAILED: how many messages, and the oldest one's age in
+    seconds (the exporter's ingest lag). The IN list is IN_FLIGHT written as the partial
+    index's predicate (sql/001_core.sql), so the planner can use that index."""
+    return conn.execute(
+        "SELECT status, count(*) AS messages,"
+        " coalesce(extract(epoch FROM now() - min(created_at)), 0)::float8 AS oldest_seconds"
+        " FROM inbound_message WHERE status IN ('RECEIVED', 'STORED') GROUP BY status"
     ).fetchall()
 
 

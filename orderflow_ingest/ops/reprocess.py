@@ -227,13 +227,7 @@ def wait_for_jobs(
     if done:
         ids = [step.inbound_message_id for step in done]
         counts = queries.document_counts(conn, ids)
-        statuses = {
-            row["id"]: row["status"]
-            for row in conn.execute(
-                "SELECT id::text AS id, status FROM inbound_message WHERE id = ANY(%s::uuid[])",
-                (ids,),
-            ).fetchall()
-        }
+        statuses = queries.statuses_of(conn, ids)
         conn.commit()
         for step in done:
             step.documents_after = counts.get(step.inbound_message_id, 0)
