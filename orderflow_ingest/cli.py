@@ -257,3 +257,8 @@ _register_lifecycle(app, org_app)
 from orderflow_ingest.inbox.command import register as _register_inbox  # noqa: E402
 
 _register_inbox(app)
+
+# Custom domains per org (orderflow_ingest/domains/command.py): domain add|verify|list|...
+from orderflow_ingest.domains.command import domain_app  # noqa: E402
+
+app.add_typer(domain_app, name="domain")
