@@ -55,3 +55,12 @@ def org_slug(address: str, local_part: str, domains: tuple[str, ...]) -> str | N
         return None
     slug = extension.lower()
     return slug if SLUG_PATTERN.fullmatch(slug) else None
+
+
+def custom_domain_parts(address: str, domains: tuple[str, ...]) -> tuple[str, str] | None:
+    """(local part, domain) of an address at a domain that is not an ingest domain: a custom
+    domain (orderflow_ingest/domains) when the database says so; None for ingest domains."""
+    parts = split_address(address)
+    if parts is None or parts[1] in domains:
+        return None
+    return parts

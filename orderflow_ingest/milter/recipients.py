@@ -16,7 +16,8 @@ from dataclasses import dataclass
 from enum import Enum
 from typing import Any
 
-from orderflow_ingest.addressing import is_our_domain, is_role_mailbox, org_slug
+from orderflow_ingest.addressing import is_our_domain, is_role_mailbox, org_slug, split_address
+from orderflow_ingest.milter import replies
 
 
 class OrgStatus(Enum):
@@ -33,6 +34,25 @@ class DirectoryUnavailable(Exception):
 OrgLookup = Callable[[str], OrgStatus]
 
 
+@dataclass(frozen=True)
+class CustomDomain:
+    """What RCPT needs of a custom domain (sql/009, orderflow_ingest/domains)."""
+
+    state: str  # pending | verified | mx_lost | suspended
+    org_slug: str
+    org_status: OrgStatus
+    accept_all: bool
+    local_parts: tuple[str, ...]
+
+    def accepts(self, local_part: str) -> bool:
+        base = local_part.split("+", 1)[0].lower()
+        return self.accept_all or base in self.local_parts
+
+
+# How a custom domain is looked up: None when it is not one; raises DirectoryUnavailable.
+DomainLookup = Callable[[str], CustomDomain | None]
+
+
 class OrgDirectory:
     """Thread-safe TTL cache over an OrgLookup (libmilter runs a thread per connection)."""
 
@@ -42,8 +62,11 @@ class OrgDirectory:
         ttl: float,
         max_entries: int = 10_000,
         clock: Callable[[], float] = time.monotonic,
+        domain_lookup: DomainLookup | None = None,
     ):
         self._lookup = lookup
+        self._domain_lookup = domain_lookup
+        self._domains: OrderedDict[str, tuple[float, CustomDomain | None]] = OrderedDict()
         self._ttl = ttl
         self._max = max_entries
         self._clock = clock
@@ -66,9 +89,28 @@ class OrgDirectory:
                     self._entries.popitem(last=False)
         return status, False
 
+    def custom_domain(self, domain: str) -> tuple[CustomDomain | None, bool]:
+        """(the custom domain or None, from the cache?), cached like orgs; errors never are."""
+        if self._domain_lookup is None:
+            return None, False
+        now = self._clock()
+        with self._lock:
+            entry = self._domains.get(domain)
+            if entry is not None and entry[0] > now:
+                return entry[1], True
+        found = self._domain_lookup(domain)
+        if self._ttl > 0:
+            with self._lock:
+                self._domains[domain] = (self._clock() + self._ttl, found)
+                self._domains.move_to_end(domain)
+                while len(self._domains) > self._max:
+                    self._domains.popitem(last=False)
+        return found, False
+
     def clear(self) -> None:
         with self._lock:
             self._entries.clear()
+            self._domains.clear()
 
 
 def pool_lookup(pool: Any, timeout: float) -> OrgLookup:
@@ -91,11 +133,77 @@ def pool_lookup(pool: Any, timeout: float) -> OrgLookup:
     return lookup
 
 
+def pool_domain_lookup(pool: Any, timeout: float) -> DomainLookup:
+    """A DomainLookup over the pool (domains/store.py); any database error is 'unavailable'."""
+    import psycopg
+    import psycopg_pool
+
+    from orderflow_ingest.domains.store import rcpt_lookup
+
+    def lookup(domain: str) -> CustomDomain | None:
+        try:
+            with pool.connection(timeout=timeout) as conn:
+                row = rcpt_lookup(conn, domain)
+        except (psycopg.Error, psycopg_pool.PoolTimeout, OSError) as error:
+            raise DirectoryUnavailable(type(error).__name__) from error
+        if row is None:
+            return None
+        status = {"active": OrgStatus.ACTIVE, "disabled": OrgStatus.DISABLED}.get(
+            row["org_status"], OrgStatus.UNKNOWN
+        )
+        return CustomDomain(
+            state=row["state"],
+            org_slug=row["org_slug"],
+            org_status=status,
+            accept_all=bool(row["accept_all"]),
+            local_parts=tuple(row["local_parts"] or ()),
+        )
+
+    return lookup
+
+
+# Custom domains whose MX left us: senders holding a cached MX retry later (the domain may
+# come back within the grace); suspended: refused for good (issue 13).
+DOMAIN_MX_LOST = replies.Reply(
+    "451", "4.7.1", "this domain's mail is not routed to this service now, try again later"
+)
+DOMAIN_SUSPENDED = replies.Reply("550", "5.7.1", "this domain no longer receives mail here")
+
+
 @dataclass(frozen=True)
 class RcptDecision:
     decision: str  # "accept" | "reject" | "tempfail" | "continue"
     reason: str  # the metrics label: known_org, unknown_org, disabled_org, no_slug, ...
     slug: str | None = None
+    reply: replies.Reply | None = None  # when not the default of the decision
+
+
+def decide_custom(address: str, directory: OrgDirectory) -> RcptDecision:
+    """RCPT for a domain that is not an ingest domain: a custom domain, or Postfix decides."""
+    parts = split_address(address)
+    if parts is None:
+        return RcptDecision("continue", "other_domain")
+    local, domain = parts
+    try:
+        found, _cached = directory.custom_domain(domain)
+    except DirectoryUnavailable:
+        return RcptDecision("tempfail", "database_unavailable")
+    if found is None:
+        return RcptDecision("continue", "other_domain")
+    slug = found.org_slug
+    if found.state == "mx_lost":
+        return RcptDecision("tempfail", "domain_mx_lost", slug, DOMAIN_MX_LOST)
+    if found.state == "suspended":
+        return RcptDecision("reject", "domain_suspended", slug, DOMAIN_SUSPENDED)
+    if found.state != "verified":  # pending: Postfix refuses it already; never accepted here
+        return RcptDecision("reject", "domain_pending", slug)
+    if not found.accepts(local):
+        return RcptDecision("reject", "unknown_local_part", slug)
+    if found.org_status is OrgStatus.ACTIVE:
+        return RcptDecision("accept", "custom_domain", slug)
+    if found.org_status is OrgStatus.DISABLED:
+        return RcptDecision("reject", "disabled_org", slug)
+    return RcptDecision("reject", "unknown_org", slug)
 
 
 def decide(
@@ -103,7 +211,7 @@ def decide(
 ) -> RcptDecision:
     """What to answer at RCPT TO for `address`."""
     if not is_our_domain(address, domains):
-        return RcptDecision("continue", "other_domain")
+        return decide_custom(address, directory)
     if is_role_mailbox(address):
         return RcptDecision("accept", "role_mailbox")
     slug = org_slug(address, local_part, domains)
