@@ -47,6 +47,12 @@ class StackOptions:
     # The unprivileged user of the pipe client and of our services, as in production.
     service_user: str = "orderflow"
     s3_bucket: str = "orderflow-dev"
+    # Test hosts in network namespaces only (tests/netns.py): every process of the stack runs
+    # under `ip netns exec <netns>`, and its servers (PostgreSQL, Redis, S3, Postfix's smtpd)
+    # bind `listen_address` instead of 127.0.0.1; `smtp_port` 0 means a free port.
+    netns: str = ""
+    listen_address: str = "127.0.0.1"
+    smtp_port: int = 0
 
     @classmethod
     def whole_system(cls, **changes: Any) -> StackOptions:

@@ -22,7 +22,7 @@ from typing import Any
 
 from orderflow_ingest.devstack import accounts
 from orderflow_ingest.devstack.component import Component
-from orderflow_ingest.devstack.processes import ProcessRef, listens_on, wait_until
+from orderflow_ingest.devstack.processes import ProcessRef, in_netns, listens_on, wait_until
 from orderflow_ingest.devstack.templates import merge_main_cf, render_file
 from orderflow_ingest.pipe.build import ensure_built
 
@@ -131,7 +131,7 @@ class Postfix(Component):
             "milter_socket": str(layout.milter_socket),
             "tls_cert_file": str(cert),
             "tls_key_file": str(key),
-            "smtpd_listen": f"127.0.0.1:{port}",
+            "smtpd_listen": f"{options.listen_address}:{port}",
             "pipe_concurrency": str(options.pipe_concurrency),
             "pipe_user": options.service_user,
             "deliver_command": deliver_command(),
@@ -146,7 +146,7 @@ class Postfix(Component):
             "maillog_file_prefixes": str(layout.base),
             "myhostname": f"mx.{options.ingest_domain}",
             "mydomain": options.ingest_domain,
-            "inet_interfaces": "127.0.0.1",
+            "inet_interfaces": options.listen_address,
             "inet_protocols": "ipv4",
             "mynetworks": "127.0.0.0/8",
             # Bounces and anything else not for an ingest domain: logged, never sent out.
@@ -174,8 +174,10 @@ class Postfix(Component):
         accounts.write_file(self.config_dir / "role_mailboxes", role_mailboxes, 0o644)
 
     def _postfix(self, command: str, timeout: float = 60) -> subprocess.CompletedProcess[str]:
+        config = str(self.config_dir.resolve())
+        argv, _ = in_netns(self.ctx.options.netns, [POSTFIX, "-c", config, command])
         return subprocess.run(
-            [POSTFIX, "-c", str(self.config_dir.resolve()), command],
+            argv,
             capture_output=True,
             text=True,
             timeout=timeout,
@@ -205,8 +207,9 @@ class Postfix(Component):
             )
         self.ctx.record(self.name, ref, None)
         port = self.smtp_port()
-        if not wait_until(lambda: _banner(port), START_TIMEOUT, 0.05, alive=ref.alive):
-            raise self.fail(f"no SMTP banner on 127.0.0.1:{port} within {START_TIMEOUT}s")
+        host = self.ctx.options.listen_address
+        if not wait_until(lambda: _banner(port, host), START_TIMEOUT, 0.05, alive=ref.alive):
+            raise self.fail(f"no SMTP banner on {host}:{port} within {START_TIMEOUT}s")
         if not listens_on(ref.pid, port):
             raise self.fail(f"port {port} does not belong to the Postfix master we started")
 
@@ -219,8 +222,11 @@ class Postfix(Component):
         super().stop()
 
     def _postqueue(self, flag: str) -> str:
+        # In a network namespace postqueue must run there: it checks inet_interfaces.
+        config = str(self.config_dir.resolve())
+        argv, _ = in_netns(self.ctx.options.netns, [POSTQUEUE, "-c", config, flag])
         result = subprocess.run(
-            [POSTQUEUE, "-c", str(self.config_dir.resolve()), flag],
+            argv,
             capture_output=True,
             text=True,
             timeout=30,
@@ -242,9 +248,9 @@ def deliver_command() -> str:
     return str(ensure_built())
 
 
-def _banner(port: int) -> bool:
+def _banner(port: int, host: str = "127.0.0.1") -> bool:
     try:
-        with socket.create_connection(("127.0.0.1", port), timeout=1) as conn:
+        with socket.create_connection((host, port), timeout=1) as conn:
             conn.settimeout(2)
             greeting = conn.recv(512)
             conn.sendall(b"QUIT\r\n")

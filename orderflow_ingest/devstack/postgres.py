@@ -16,7 +16,7 @@ from psycopg import sql
 
 from orderflow_ingest.devstack import accounts
 from orderflow_ingest.devstack.component import Component
-from orderflow_ingest.devstack.processes import ProcessRef, listens_on
+from orderflow_ingest.devstack.processes import ProcessRef, in_netns, listens_on
 
 PG_USER = "postgres"
 DATABASE = "orderflow"
@@ -33,8 +33,10 @@ def pg_bin_dir() -> Path:
     return Path(max(candidates, key=lambda path: int(Path(path).parts[4]))).parent
 
 
-def url(user: str, password: str, port: int, database: str = DATABASE) -> str:
-    return f"postgresql://{user}:{password}@127.0.0.1:{port}/{database}"
+def url(
+    user: str, password: str, port: int, database: str = DATABASE, host: str = "127.0.0.1"
+) -> str:
+    return f"postgresql://{user}:{password}@{host}:{port}/{database}"
 
 
 class Postgres(Component):
@@ -56,17 +58,19 @@ class Postgres(Component):
         """(runtime URL, owner URL)."""
         port = self.ctx.port("postgres.port")
         secrets = self.ctx.state.secrets
+        host = self.ctx.options.listen_address
         return (
-            url(RUNTIME_ROLE, secrets["pg_app"], port),
-            url(OWNER_ROLE, secrets["pg_owner"], port),
+            url(RUNTIME_ROLE, secrets["pg_app"], port, host=host),
+            url(OWNER_ROLE, secrets["pg_owner"], port, host=host),
         )
 
     def _run(self, argv: list[str], timeout: float) -> subprocess.CompletedProcess[str]:
+        argv, user = in_netns(self.ctx.options.netns, argv, PG_USER)
         return subprocess.run(
             argv,
-            user=PG_USER,
-            group=PG_USER,
-            extra_groups=[],
+            user=user,
+            group=user,
+            extra_groups=[] if user else None,
             cwd=self.home,
             env={"PATH": "/usr/bin:/bin", "LANG": "C.UTF-8"},
             capture_output=True,
@@ -107,10 +111,14 @@ class Postgres(Component):
         if result.returncode != 0:
             raise self.fail(f"initdb failed: {result.stderr.strip() or result.stdout.strip()}")
         socket_dir = accounts.make_dir(self.home / "socket", 0o700, PG_USER)
+        listen = self.ctx.options.listen_address
+        if listen != "127.0.0.1":  # a test host in a network namespace: its private link
+            with (self.data / "pg_hba.conf").open("a", encoding="utf-8") as hba:
+                hba.write("host all all samenet scram-sha-256\n")
         with (self.data / "postgresql.conf").open("a", encoding="utf-8") as conf:
             conf.write(
                 "\n# orderflow devstack\n"
-                "listen_addresses = '127.0.0.1'\n"
+                f"listen_addresses = '{listen}'\n"
                 f"port = {port}\n"
                 f"unix_socket_directories = '{socket_dir}'\n"
                 "max_connections = 200\n"
@@ -159,7 +167,9 @@ class Postgres(Component):
     def _create_roles(self, port: int) -> None:
         secrets = self.ctx.state.secrets
         with psycopg.connect(
-            url(PG_USER, secrets["pg_super"], port, "postgres"), autocommit=True, connect_timeout=10
+            url(PG_USER, secrets["pg_super"], port, "postgres", self.ctx.options.listen_address),
+            autocommit=True,
+            connect_timeout=10,
         ) as conn:
             for role, password in (
                 (OWNER_ROLE, secrets["pg_owner"]),

@@ -93,10 +93,11 @@ def port_is_free(port: int) -> bool:
     return True
 
 
-def _listening_inodes(port: int) -> set[str]:
+def _listening_inodes(port: int, pid: int | str = "self") -> set[str]:
+    """Listening sockets on `port` in the network namespace of process `pid`."""
     inodes: set[str] = set()
     wanted = f":{port:04X}"
-    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+    for table in (f"/proc/{pid}/net/tcp", f"/proc/{pid}/net/tcp6"):
         try:
             lines = Path(table).read_text().splitlines()[1:]
         except OSError:
@@ -110,7 +111,7 @@ def _listening_inodes(port: int) -> set[str]:
 
 def listens_on(pid: int, port: int) -> bool:
     """Whether process `pid` holds the socket listening on `port` (checked through /proc)."""
-    inodes = {f"socket:[{inode}]" for inode in _listening_inodes(port)}
+    inodes = {f"socket:[{inode}]" for inode in _listening_inodes(port, pid)}
     if not inodes:
         return False
     try:
@@ -144,6 +145,23 @@ def wait_until(
         time.sleep(interval)
 
 
+def in_netns(
+    netns: str, argv: Sequence[str], user: str | None = None
+) -> tuple[list[str], str | None]:
+    """(argv, user for Popen) running `argv` as `user` inside network namespace `netns`.
+
+    Only for test hosts in network namespaces (tests/netns.py); with no netns, unchanged.
+    `ip netns exec` needs root, so the switch to `user` is setpriv's, after entering it;
+    both exec in place, so the pid is the program's own.
+    """
+    if not netns:
+        return list(argv), user
+    prefix = ["ip", "netns", "exec", netns]
+    if user:
+        prefix += ["setpriv", f"--reuid={user}", f"--regid={user}", "--clear-groups", "--"]
+    return [*prefix, *argv], None
+
+
 def spawn(
     argv: Sequence[str],
     log: Path,
@@ -151,12 +169,14 @@ def spawn(
     cwd: Path,
     user: str | None = None,
     umask: int = 0o027,
+    netns: str = "",
 ) -> tuple[subprocess.Popen[bytes], ProcessRef]:
     """Start a long-running process in its own session, output appended to `log`.
 
     Its own session: Ctrl-C in the shell that ran `dev up` does not reach it, and stopping it
     can signal its whole process group (RQ's work horses, weed's helpers).
     """
+    argv, user = in_netns(netns, argv, user)
     with log.open("ab") as out:
         process = subprocess.Popen(
             list(argv),

@@ -18,8 +18,8 @@ from orderflow_ingest.devstack.processes import listens_on, spawn, wait_until
 START_TIMEOUT = 15
 
 
-def url(password: str, port: int) -> str:
-    return f"redis://:{password}@127.0.0.1:{port}/0"
+def url(password: str, port: int, host: str = "127.0.0.1") -> str:
+    return f"redis://:{password}@{host}:{port}/0"
 
 
 class RedisServer(Component):
@@ -30,7 +30,11 @@ class RedisServer(Component):
         return self.ctx.layout.base / "redis"
 
     def url(self) -> str:
-        return url(self.ctx.state.secrets["redis"], self.ctx.port("redis.port"))
+        return url(
+            self.ctx.state.secrets["redis"],
+            self.ctx.port("redis.port"),
+            self.ctx.options.listen_address,
+        )
 
     def _start(self) -> None:
         binary = shutil.which("redis-server") or "/usr/bin/redis-server"
@@ -40,7 +44,7 @@ class RedisServer(Component):
             self.home / "redis.conf",
             "\n".join(
                 [
-                    "bind 127.0.0.1",
+                    f"bind {self.ctx.options.listen_address}",
                     "protected-mode yes",
                     f"port {port}",
                     f"requirepass {self.ctx.state.secrets['redis']}",
@@ -56,7 +60,13 @@ class RedisServer(Component):
             ),
             0o600,
         )
-        popen, ref = spawn([binary, str(conf)], self.log, {"PATH": "/usr/bin:/bin"}, self.home)
+        popen, ref = spawn(
+            [binary, str(conf)],
+            self.log,
+            {"PATH": "/usr/bin:/bin"},
+            self.home,
+            netns=self.ctx.options.netns,
+        )
         self.ctx.record(self.name, ref, popen)
         client = redis.Redis.from_url(self.url(), socket_timeout=1, socket_connect_timeout=1)
 

@@ -54,7 +54,7 @@ class S3Server(Component):
         return self.ctx.layout.base / "s3"
 
     def endpoint(self) -> str:
-        return f"http://127.0.0.1:{self.ctx.port('s3.s3')}"
+        return f"http://{self.ctx.options.listen_address}:{self.ctx.port('s3.s3')}"
 
     def _identities(self) -> Path:
         secrets = self.ctx.state.secrets
@@ -82,8 +82,8 @@ class S3Server(Component):
             f"-logdir={logdir}",
             "mini",
             f"-dir={data}",
-            "-ip=127.0.0.1",
-            "-ip.bind=127.0.0.1",
+            f"-ip={self.ctx.options.listen_address}",
+            f"-ip.bind={self.ctx.options.listen_address}",
             "-master.telemetry=false",
             f"-master.port={ports['master']}",
             f"-master.port.grpc={ports['master_grpc']}",
@@ -105,11 +105,16 @@ class S3Server(Component):
             f"-admin.dataDir={admin}",
         ]
         popen, ref = spawn(
-            argv, self.log, {"PATH": "/usr/bin:/bin", "HOME": str(self.home)}, self.home
+            argv,
+            self.log,
+            {"PATH": "/usr/bin:/bin", "HOME": str(self.home)},
+            self.home,
+            netns=self.ctx.options.netns,
         )
         self.ctx.record(self.name, ref, popen)
         port = ports["s3"]
-        if not wait_until(lambda: _answers_http(port), START_TIMEOUT, 0.1, alive=ref.alive):
+        host = self.ctx.options.listen_address
+        if not wait_until(lambda: _answers_http(port, host), START_TIMEOUT, 0.1, alive=ref.alive):
             raise self.fail(f"S3 gave no HTTP answer on 127.0.0.1:{port} within {START_TIMEOUT}s")
         if not listens_on(ref.pid, port):
             raise self.fail(f"port {port} does not belong to the weed process we started")
@@ -125,7 +130,7 @@ class S3Server(Component):
         secrets = self.ctx.state.secrets
         client = boto3.session.Session().client(
             "s3",
-            endpoint_url=f"http://127.0.0.1:{port}",
+            endpoint_url=f"http://{self.ctx.options.listen_address}:{port}",
             aws_access_key_id=secrets["s3_access"],
             aws_secret_access_key=secrets["s3_secret"],
             region_name="us-east-1",
@@ -160,8 +165,8 @@ class S3Server(Component):
                 Path(f"/tmp/seaweedfs-{role}-grpc-{port}.sock").unlink(missing_ok=True)
 
 
-def _answers_http(port: int) -> bool:
-    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=1)
+def _answers_http(port: int, host: str = "127.0.0.1") -> bool:
+    conn = http.client.HTTPConnection(host, port, timeout=1)
     try:
         conn.request("GET", "/")
         return conn.getresponse().status in (200, 403)

@@ -59,6 +59,7 @@ class Service(Component):
             self.ctx.layout.run,
             user=user,
             umask=self.umask,
+            netns=self.ctx.options.netns,
         )
         self.ctx.record(self.name, ref, popen)
         if not wait_until(self.ready, START_TIMEOUT, 0.05, alive=ref.alive):
@@ -70,7 +71,8 @@ class Service(Component):
         path = self.socket_path()
         if path is None:
             return True
-        return _listening(path)
+        ref = self.ctx.ref(self.name)
+        return ref is not None and _listening(path, ref.pid)
 
 
 class DeliverService(Service):
@@ -147,8 +149,9 @@ class ApiService(Service):
         return ref is not None and listens_on(ref.pid, self.port)
 
 
-def _listening(path: Path) -> bool:
-    """Whether a unix socket at `path` is listening, read from /proc/net/unix.
+def _listening(path: Path, pid: int | str = "self") -> bool:
+    """Whether a unix socket at `path` is listening, read from /proc/<pid>/net/unix (the
+    table of that process's network namespace).
 
     Checked without connecting: a probe connection would show up in the service's own log
     as a client that hung up.
@@ -157,7 +160,7 @@ def _listening(path: Path) -> bool:
         return False
     wanted = str(path)
     try:
-        lines = Path("/proc/net/unix").read_text().splitlines()[1:]
+        lines = Path(f"/proc/{pid}/net/unix").read_text().splitlines()[1:]
     except OSError:
         return True
     for line in lines:

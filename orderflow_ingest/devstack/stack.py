@@ -182,7 +182,7 @@ class Stack:
 
     @property
     def smtp_host(self) -> str:
-        return SMTP_HOST
+        return self.options.listen_address or SMTP_HOST
 
     @property
     def smtp_port(self) -> int:
@@ -341,6 +341,8 @@ class Stack:
             state.secrets.setdefault(name, secrets.token_urlsafe(24))
         state.secrets.setdefault("s3_access", "orderflow" + secrets.token_hex(6))
         self.ctx.allocate_ports("metrics", ("port",))
+        if self.options.smtp_port:  # a test host in a network namespace (tests/netns.py)
+            self.ctx.state.ports["postfix.smtp"] = self.options.smtp_port
         self.ctx.allocate_ports("postfix", ("smtp",))
         self.ctx.allocate_ports("postgres", ("port",))
         self.ctx.allocate_ports("redis", ("port",))
