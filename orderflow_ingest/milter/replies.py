@@ -37,6 +37,8 @@ UNKNOWN_RECIPIENT = _from_outcome(Outcome.UNKNOWN_ORG)
 BACKEND_UNAVAILABLE = _from_outcome(Outcome.BACKEND_UNAVAILABLE)
 INTERNAL_ERROR = _from_outcome(Outcome.INTERNAL_ERROR)
 DNS_TEMPFAIL = Reply("451", "4.4.3", "temporary DNS failure checking the sender, try again later")
+# Postfix's own words for a full queue file system (smtpd's queue_minfree check, RFC 3463).
+INSUFFICIENT_STORAGE = Reply("452", "4.3.1", "Insufficient system storage")
 
 _DOMAIN = re.compile(r"^[a-z0-9](?:[a-z0-9.-]{0,251}[a-z0-9])?$")
 

@@ -26,7 +26,6 @@ from orderflow_ingest.webhooks.health import check_webhooks
 
 COMMAND_TIMEOUT = 20.0
 SOCKET_TIMEOUT = 5.0
-DEFAULT_MIN_FREE = 1024**3
 
 # Milter protocol (libmilter's mfdef.h): option negotiation then quit, nothing else.
 SMFIC_OPTNEG = b"O"
@@ -381,6 +380,8 @@ def _bytes(value: float) -> str:
 
 
 def check_disk(name: str, path: str, min_free: int) -> Check:
+    """Free space and the headroom above `min_free` (ORDERFLOW_MIN_FREE_MB: under it the
+    milter answers 452 at MAIL FROM and the delivery service defers)."""
     try:
         stat = os.statvfs(path)
     except OSError as error:
@@ -389,8 +390,15 @@ def check_disk(name: str, path: str, min_free: int) -> Check:
     size = stat.f_blocks * stat.f_frsize
     percent = 100.0 * free / size if size else 0.0
     detail = f"{path}: {_bytes(free)} free of {_bytes(size)} ({percent:.0f}%)"
+    if min_free > 0 and free >= min_free:
+        detail += f", {_bytes(free - min_free)} above the {_bytes(min_free)} threshold"
     if free < min_free:
-        return Check(name, FAIL, f"{detail}, below {_bytes(min_free)}")
+        return Check(
+            name,
+            FAIL,
+            f"{detail}, below the {_bytes(min_free)} threshold: new mail gets 452 4.3.1"
+            " (ORDERFLOW_MIN_FREE_MB)",
+        )
     if free < 2 * min_free or percent < 10:
         return Check(name, WARN, f"{detail}, getting full")
     return Check(name, OK, detail)
@@ -404,7 +412,41 @@ def check_disks(settings: Settings, min_free: int) -> list[Check]:
         checks.append(Check("postfix queue disk", FAIL, f"queue_directory: {_error(error)}"))
         return checks
     checks.append(check_disk("postfix queue disk", queue_dir, min_free))
+    checks.append(check_queue_minfree(settings, min_free))
     return checks
+
+
+def check_queue_minfree(settings: Settings, min_free: int) -> Check:
+    """Postfix's own floor (queue_minfree, and never under 1.5 x message_size_limit) sits
+    below ours, so senders meet the milter's 452 first (postfix-config/README.md)."""
+    from orderflow_ingest.diskspace import postfix_floor
+
+    config_dir = settings.postfix_config_dir
+    try:
+        minfree = int(postconf(config_dir, "queue_minfree"))
+        size_limit = int(postconf(config_dir, "message_size_limit"))
+    except Exception as error:
+        return Check("queue_minfree", WARN, f"postconf: {_error(error)}")
+    floor = postfix_floor(minfree, size_limit)
+    detail = (
+        f"queue_minfree = {_bytes(minfree)}, message_size_limit = {_bytes(size_limit)};"
+        f" Postfix refuses mail under {_bytes(floor)}"
+    )
+    if minfree < 1.5 * size_limit:
+        return Check(
+            "queue_minfree",
+            WARN,
+            f"{detail}: set queue_minfree to at least 1.5 x message_size_limit"
+            " (postfix-config/main.cf)",
+        )
+    if 0 < min_free <= floor:
+        return Check(
+            "queue_minfree",
+            WARN,
+            f"{detail}, not under ORDERFLOW_MIN_FREE_MB ({_bytes(min_free)}): Postfix's 452"
+            " comes first, without our log line and metric; raise ORDERFLOW_MIN_FREE_MB",
+        )
+    return Check("queue_minfree", OK, f"{detail}, under ours ({_bytes(min_free)})")
 
 
 def check_exporter(settings: Settings) -> Check:
@@ -452,7 +494,13 @@ def _error(error: BaseException) -> str:
     return f"{type(error).__name__}: {text[0][:200]}" if text else type(error).__name__
 
 
-def run_checks(settings: Settings, min_free: int = DEFAULT_MIN_FREE) -> list[Check]:
+def run_checks(settings: Settings, min_free: int | None = None) -> list[Check]:
+    """min_free: bytes; None means ORDERFLOW_MIN_FREE_MB, the threshold the milter and the
+    delivery service act on."""
+    if min_free is None:
+        from orderflow_ingest.diskspace import min_free_bytes
+
+        min_free = min_free_bytes(settings.min_free_mb)
     source = settings.source or "environment only"
     checks = [Check("settings", OK, f"loaded from {source}")]
     steps: list[Callable[[], list[Check] | Check]] = [
