@@ -72,6 +72,9 @@ class Backends:
     pool: Pool
     s3: Any
     redis: Any
+    # storage.SmallPut for raw messages below the multipart threshold; None: the client's
+    # put_object (callers that hold only a boto3 client).
+    s3_put: Any = None
 
 
 @dataclass
@@ -405,7 +408,17 @@ def _record_duplicate(
 def _put_raw(backends: Backends, key: str, message: SpooledMessage) -> None:
     settings = backends.settings
     message.file.seek(0)
-    if message.size <= storage.MULTIPART_THRESHOLD:
+    if message.size <= storage.MULTIPART_THRESHOLD and backends.s3_put is not None:
+        backends.s3_put.put(
+            settings.s3_bucket,
+            key,
+            message.file,
+            message.size,
+            message.sha256,
+            "message/rfc822",
+            {"sha256": message.sha256},
+        )
+    elif message.size <= storage.MULTIPART_THRESHOLD:
         backends.s3.put_object(
             Bucket=settings.s3_bucket,
             Key=key,

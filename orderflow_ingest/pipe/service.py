@@ -8,15 +8,17 @@ message; if the service itself is down, the client answers 75 on its own.
 
 from __future__ import annotations
 
+import cProfile
 import grp
 import logging
 import os
+import pstats
 import signal
 import socket
 import sys
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import suppress
 
@@ -31,6 +33,41 @@ from orderflow_ingest.pipe.protocol import CHUNK, Decoder, TooLarge, WireError, 
 from orderflow_ingest.settings import Settings, SettingsError
 
 SOCKET_MODE = 0o660
+# A path: profile every delivery with cProfile and write the merged stats there on stop
+# (bench/drain_vs_peer.py --profile). Unset in production.
+PROFILE_ENV = "DELIVER_SERVICE_PROFILE"
+
+
+class Profiles:
+    """One cProfile per delivery thread (a profiler sees only its own thread), merged."""
+
+    def __init__(self, path: str):
+        self.path = path
+        self.local = threading.local()
+        self.profiles: list[cProfile.Profile] = []
+        self.lock = threading.Lock()
+
+    def run(self, call: Callable[[], None]) -> None:
+        profile = getattr(self.local, "profile", None)
+        if profile is None:
+            # CPU time of this thread, not wall time: waits on the GIL or a backend are not
+            # where the CPU goes.
+            profile = self.local.profile = cProfile.Profile(time.thread_time)
+            with self.lock:
+                self.profiles.append(profile)
+        profile.enable()
+        try:
+            call()
+        finally:
+            profile.disable()
+
+    def dump(self) -> None:
+        with self.lock:
+            if self.profiles:
+                stats = pstats.Stats(self.profiles[0])
+                for profile in self.profiles[1:]:
+                    stats.add(profile)
+                stats.dump_stats(self.path)
 
 
 class EmptyConnection(Exception):
@@ -191,6 +228,7 @@ def serve(settings: Settings) -> int:
         settings=settings,
         pool=pool,
         s3=storage.make_client(settings, max_pool_connections=workers),
+        s3_put=storage.SmallPut(settings, max_pool_connections=workers),
         redis=redis_client,
     )
     metrics.configure(redis_client, host=settings.metrics_host)
@@ -215,6 +253,8 @@ def serve(settings: Settings) -> int:
         pipe_time_limit=limits.time_limit,
     )
     slots = threading.BoundedSemaphore(workers)
+    profile_path = os.environ.get(PROFILE_ENV)
+    profiles = Profiles(profile_path) if profile_path else None
     with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="deliver") as executor:
         while not stopping.is_set():
             try:
@@ -227,13 +267,18 @@ def serve(settings: Settings) -> int:
 
             def run(conn: socket.socket = conn) -> None:
                 try:
-                    handle(backends, conn, limits.max_message)
+                    if profiles is not None:
+                        profiles.run(lambda: handle(backends, conn, limits.max_message))
+                    else:
+                        handle(backends, conn, limits.max_message)
                 finally:
                     slots.release()
 
             executor.submit(run)
     with suppress(FileNotFoundError):
         os.unlink(settings.deliver_socket)
+    if profiles is not None:
+        profiles.dump()
     pool.close()
     metrics.shutdown()
     log_event("service.stopped")
