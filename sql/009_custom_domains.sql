@@ -13,7 +13,8 @@ CREATE TABLE custom_domain (
   id                 uuid PRIMARY KEY DEFAULT gen_random_uuid(),
   org_id             uuid NOT NULL REFERENCES org(id),
   -- Lower case, no trailing dot, at least two labels (checked again in domains/store.py).
-  domain             text NOT NULL UNIQUE CHECK (
+  -- Unique among the domains not removed (index below).
+  domain             text NOT NULL CHECK (
                        length(domain) <= 253
                        AND domain ~ '^([a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?\.)+[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$'),
   -- The value to publish in TXT at _orderflow.<domain> (random, shown by `domain add`).
@@ -35,18 +36,23 @@ CREATE TABLE custom_domain (
   verified_at        timestamptz,
   state_changed_at   timestamptz NOT NULL DEFAULT now(),
   created_at         timestamptz NOT NULL DEFAULT now(),
+  -- `domain remove`: the row stays (the services never DELETE), out of every lookup.
+  removed_at         timestamptz,
   CHECK (accept_all OR cardinality(local_parts) > 0),
   CHECK ((state = 'mx_lost') = (mx_lost_since IS NOT NULL))
 );
+CREATE UNIQUE INDEX idx_custom_domain_live ON custom_domain (domain) WHERE removed_at IS NULL;
 CREATE INDEX idx_custom_domain_org ON custom_domain (org_id);
-CREATE INDEX idx_custom_domain_due ON custom_domain (last_checked_at NULLS FIRST);
+CREATE INDEX idx_custom_domain_due ON custom_domain (last_checked_at NULLS FIRST)
+  WHERE removed_at IS NULL;
 
 -- What Postfix may read (proxy:pgsql: relay_domains and transport_maps, postfix-config/):
 -- the domains it accepts mail for. Pending domains are not in it: Postfix refuses them as
 -- relay attempts; mx_lost and suspended are in it so the milter can answer 451/550 with a
 -- reason instead of "Relay access denied".
 CREATE VIEW postfix_custom_domain AS
-  SELECT domain FROM custom_domain WHERE state IN ('verified', 'mx_lost', 'suspended');
+  SELECT domain FROM custom_domain
+  WHERE removed_at IS NULL AND state IN ('verified', 'mx_lost', 'suspended');
 
 -- Postfix's own database role (no other right; postfix-config/README.md, "Custom domains"):
 -- granted here when it exists already; `db migrate` on a host where it was made later needs

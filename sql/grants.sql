@@ -79,9 +79,9 @@ GRANT SELECT, INSERT, UPDATE ON inbox_login_token TO {runtime};
 GRANT SELECT, INSERT, UPDATE ON inbox_session TO {runtime};
 
 -- 009_custom_domains
--- `domain add` inserts, the periodic check updates states; `domain remove` deletes the row
--- (nothing refers to it: its events name the org and carry the domain in their data).
-GRANT SELECT, INSERT, UPDATE, DELETE ON custom_domain TO {runtime};
+-- `domain add` inserts, the periodic check updates states, `domain remove` sets removed_at:
+-- no DELETE.
+GRANT SELECT, INSERT, UPDATE ON custom_domain TO {runtime};
 -- What Postfix reads through its own role (orderflow_postfix); the services read it too.
 GRANT SELECT ON postfix_custom_domain TO {runtime};
 

@@ -150,3 +150,12 @@ def test_one_confirmation_moves_at_once_and_events_are_once_per_transition() -> 
 def test_policy_refuses_zero_confirmations() -> None:
     with pytest.raises(ValueError):
         Policy(confirmations=0)
+
+
+def test_gauge_shows_every_state_even_when_empty() -> None:
+    from orderflow_ingest.domains.gauges import domain_families
+
+    (family,) = domain_families([{"state": "mx_lost", "domains": 2.0}])
+    assert family.name == "orderflow_custom_domains"
+    values = {sample.labels["state"]: sample.value for sample in family.samples}
+    assert values == {"pending": 0.0, "verified": 0.0, "mx_lost": 2.0, "suspended": 0.0}

@@ -8,7 +8,10 @@ from prometheus_client.core import GaugeMetricFamily, Metric
 
 from orderflow_ingest.domains.policy import STATES
 
-DOMAIN_SQL = "SELECT state, count(*)::float8 AS domains FROM custom_domain GROUP BY state"
+DOMAIN_SQL = (
+    "SELECT state, count(*)::float8 AS domains FROM custom_domain"
+    " WHERE removed_at IS NULL GROUP BY state"
+)
 
 
 def domain_families(rows: list[dict[str, Any]]) -> list[Metric]:

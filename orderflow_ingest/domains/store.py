@@ -32,6 +32,7 @@ COLUMNS = """
   d.verified_at, d.state_changed_at, d.created_at
 """
 FROM = "custom_domain d JOIN org o ON o.id = d.org_id"
+LIVE = "d.removed_at IS NULL"
 
 
 class DomainError(ValueError):
@@ -69,7 +70,8 @@ def add_domain(
         raise DomainError("name the accepted local parts (--local-part orders) or --accept-all")
     row = conn.execute(
         "INSERT INTO custom_domain (org_id, domain, txt_token, accept_all, local_parts)"
-        " VALUES (%s, %s, %s, %s, %s) ON CONFLICT (domain) DO NOTHING RETURNING id::text AS id",
+        " VALUES (%s, %s, %s, %s, %s) ON CONFLICT (domain) WHERE removed_at IS NULL"
+        " DO NOTHING RETURNING id::text AS id",
         (org_id, name, new_token(), accept_all, parts),
     ).fetchone()
     if row is None:
@@ -81,27 +83,33 @@ def add_domain(
 
 def get_domain(conn: Conn, domain: str) -> dict[str, Any] | None:
     return conn.execute(
-        f"SELECT {COLUMNS} FROM {FROM} WHERE d.domain = %s", (domain.rstrip(".").lower(),)
+        f"SELECT {COLUMNS} FROM {FROM} WHERE {LIVE} AND d.domain = %s",
+        (domain.rstrip(".").lower(),),
     ).fetchone()
 
 
 def list_domains(conn: Conn, org_slug: str | None = None) -> list[dict[str, Any]]:
     if org_slug:
         return conn.execute(
-            f"SELECT {COLUMNS} FROM {FROM} WHERE o.slug = %s ORDER BY d.domain", (org_slug,)
+            f"SELECT {COLUMNS} FROM {FROM} WHERE {LIVE} AND o.slug = %s ORDER BY d.domain",
+            (org_slug,),
         ).fetchall()
-    return conn.execute(f"SELECT {COLUMNS} FROM {FROM} ORDER BY d.domain").fetchall()
+    return conn.execute(f"SELECT {COLUMNS} FROM {FROM} WHERE {LIVE} ORDER BY d.domain").fetchall()
 
 
 def remove_domain(conn: Conn, domain: str) -> bool:
     row = conn.execute(
-        "DELETE FROM custom_domain WHERE domain = %s RETURNING id", (domain.rstrip(".").lower(),)
+        "UPDATE custom_domain SET removed_at = now()"
+        " WHERE domain = %s AND removed_at IS NULL RETURNING id",
+        (domain.rstrip(".").lower(),),
     ).fetchone()
     return row is not None
 
 
 def counts_by_state(conn: Conn) -> dict[str, int]:
-    rows = conn.execute("SELECT state, count(*) AS n FROM custom_domain GROUP BY state").fetchall()
+    rows = conn.execute(
+        "SELECT state, count(*) AS n FROM custom_domain WHERE removed_at IS NULL GROUP BY state"
+    ).fetchall()
     return {row["state"]: int(row["n"]) for row in rows}
 
 
@@ -110,7 +118,7 @@ def rcpt_lookup(conn: Conn, domain: str) -> dict[str, Any] | None:
     return conn.execute(
         "SELECT d.state, d.accept_all, d.local_parts, o.slug::text AS org_slug,"
         " CASE WHEN o.deleted_at IS NULL THEN o.status ELSE 'deleted' END AS org_status"
-        f" FROM {FROM} WHERE d.domain = %s",
+        f" FROM {FROM} WHERE {LIVE} AND d.domain = %s",
         (domain.rstrip(".").lower(),),
     ).fetchone()
 
@@ -149,7 +157,8 @@ def claim_due(conn: Conn, older_than: datetime, limit: int) -> list[dict[str, An
     locked are skipped (FOR UPDATE SKIP LOCKED), so every host may run the check at once."""
     return conn.execute(
         f"SELECT {COLUMNS} FROM custom_domain d JOIN org o ON o.id = d.org_id"
-        " WHERE d.last_checked_at IS NULL OR d.last_checked_at < %s"
+        " WHERE d.removed_at IS NULL"
+        " AND (d.last_checked_at IS NULL OR d.last_checked_at < %s)"
         " ORDER BY d.last_checked_at NULLS FIRST LIMIT %s FOR UPDATE OF d SKIP LOCKED",
         (older_than, limit),
     ).fetchall()
@@ -158,7 +167,7 @@ def claim_due(conn: Conn, older_than: datetime, limit: int) -> list[dict[str, An
 def lock_domain(conn: Conn, domain: str) -> dict[str, Any] | None:
     """One row locked for this transaction (`domain verify`); waits for another host's check."""
     return conn.execute(
-        f"SELECT {COLUMNS} FROM {FROM} WHERE d.domain = %s FOR UPDATE OF d",
+        f"SELECT {COLUMNS} FROM {FROM} WHERE {LIVE} AND d.domain = %s FOR UPDATE OF d",
         (domain.rstrip(".").lower(),),
     ).fetchone()
 
@@ -176,7 +185,7 @@ def apply_check(
         " last_result = %s,"
         " last_conclusive_at = CASE WHEN %s THEN %s ELSE last_conclusive_at END,"
         " state_changed_at = CASE WHEN state <> %s THEN %s ELSE state_changed_at END"
-        " WHERE id = %s AND state = %s RETURNING id",
+        " WHERE id = %s AND state = %s AND removed_at IS NULL RETURNING id",
         (
             after.state,
             after.pass_streak,
