@@ -57,12 +57,15 @@ SCRAPE_TIME_NAMES = {
     "orderflow_ingest_lag_seconds",
     "orderflow_disk_free_bytes",
     "orderflow_disk_size_bytes",
+    "orderflow_disk_min_free_bytes",
     "orderflow_tls_certificate_expiry_seconds",
     # orderflow_ingest/webhooks/gauges.py
     "orderflow_webhook_oldest_undelivered_seconds",
     "orderflow_webhook_deliveries_pending",
     "orderflow_webhook_fanout_age_seconds",
     "orderflow_webhook_endpoints",
+    # orderflow_ingest/domains/gauges.py
+    "orderflow_custom_domains",
 }
 
 
