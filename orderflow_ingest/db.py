@@ -41,8 +41,9 @@ def make_pool(settings: Settings, max_size: int, name: str) -> Pool:
     """A pool for long-running services.
 
     Connections are not checked on every checkout (that costs a round trip per message);
-    a connection broken by a PostgreSQL restart is discarded when it fails, and callers
-    retry once with a fresh one (`with_retry_on_broken_connection`).
+    a connection broken by a PostgreSQL restart is discarded when it fails, and a caller that
+    must not fail on it checks `is_broken_connection` and retries once with a fresh one (as
+    pipe/ingest.deliver does).
     """
     timeout = settings.backend_timeout
     return ConnectionPool(

@@ -187,12 +187,6 @@ def message_id_conflicts(conn: Conn, inbound_message_id: str) -> list[dict[str, 
     ).fetchall()
 
 
-def get_message(conn: Conn, inbound_message_id: str) -> dict[str, Any] | None:
-    return conn.execute(
-        f"SELECT {MESSAGE_COLUMNS} FROM inbound_message WHERE id = %s", (inbound_message_id,)
-    ).fetchone()
-
-
 def lock_message(conn: Conn, inbound_message_id: str) -> dict[str, Any] | None:
     """Row-lock a message for the rest of the transaction (one job at a time per message)."""
     return conn.execute(

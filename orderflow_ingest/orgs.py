@@ -13,13 +13,6 @@ ORG_COLUMNS = (
 )
 
 
-def active_org_by_slug(conn: Conn, slug: str) -> dict[str, Any] | None:
-    """The org a plus-address names, if it exists and may receive mail."""
-    return conn.execute(
-        f"SELECT {ORG_COLUMNS} FROM org WHERE slug = %s AND status = 'active'", (slug,)
-    ).fetchone()
-
-
 def org_by_slug(conn: Conn, slug: str) -> dict[str, Any] | None:
     return conn.execute(f"SELECT {ORG_COLUMNS} FROM org WHERE slug = %s", (slug,)).fetchone()
 

@@ -186,10 +186,9 @@ def test_demo_leaves_the_inbox_running_with_a_working_sign_in_link(demo_dir: Pat
 
 
 def _message_row(stack: Stack, message_id: str) -> dict[str, Any]:
-    from orderflow_ingest import messages
     from orderflow_ingest.db import connect
+    from orderflow_ingest.ops import queries
 
     with connect(stack.settings.database_url) as conn:
-        row = messages.get_message(conn, message_id)
-    assert row is not None
+        (row,) = queries.resolve(conn, message_id).messages
     return row

@@ -39,6 +39,7 @@ from support_wait import wait_for
 
 from orderflow_ingest import documents, job_queue, messages, orgs, storage
 from orderflow_ingest.jobs import attachments, context
+from orderflow_ingest.ops import queries
 from orderflow_ingest.settings import Settings, load_settings
 
 pytestmark = pytest.mark.stack
@@ -186,15 +187,12 @@ def store_message(
 def enqueue(
     settings: Settings, redis_conn: Redis, message_id: str, db: psycopg.Connection[Any]
 ) -> None:
-    row = messages.get_message(db, message_id)
-    assert row is not None
+    (row,) = queries.resolve(db, message_id).messages
     job_queue.enqueue_extract_attachments(redis_conn, settings, message_id, row["trace_id"])
 
 
 def status(db: psycopg.Connection[Any], message_id: str) -> str:
-    row = messages.get_message(db, message_id)
-    assert row is not None
-    return str(row["status"])
+    return queries.statuses_of(db, [message_id])[message_id]
 
 
 def email_with(*files: tuple[str, str, bytes], body: str = "Order attached.") -> bytes:
@@ -385,8 +383,7 @@ def test_extract_pdf_attachment(
     assert document["size_bytes"] == len(PDF)
     assert document["sha256"] == sha(PDF)
     assert document["status"] == "STORED"
-    row = messages.get_message(db, message_id)
-    assert row is not None
+    (row,) = queries.resolve(db, message_id).messages
     assert document["storage_key"] == f"documents/{row['org_id']}/{message_id}/1.2/PO-4711.pdf"
     stored = s3.get_object(Bucket=job_settings.s3_bucket, Key=document["storage_key"])
     assert stored["Body"].read() == PDF
@@ -483,8 +480,7 @@ def test_documents_are_handed_to_extraction_once_each(
     spec_run: dict[str, str], db: Any, redis_conn: Redis, job_settings: Settings
 ) -> None:
     message_id = spec_run["nested"]
-    row = messages.get_message(db, message_id)
-    assert row is not None
+    (row,) = queries.resolve(db, message_id).messages
     for document in docs(db, message_id):
         job = job_queue.fetch_job(redis_conn, job_queue.document_job_id(document["id"]))
         assert job.origin == EXTRACTION_QUEUE
@@ -553,8 +549,7 @@ def test_unparseable_message_ends_failed_and_raw_stays(
     message_id = store_message(job_settings, db, s3, raw)
     enqueue(job_settings, redis_conn, message_id, db)
     run_burst(start_worker)
-    row = messages.get_message(db, message_id)
-    assert row is not None
+    (row,) = queries.resolve(db, message_id).messages
     assert row["status"] == "FAILED"
     assert row["error_json"]["error"] == "unparseable"
     assert s3.head_object(Bucket=job_settings.s3_bucket, Key=row["raw_storage_key"])[

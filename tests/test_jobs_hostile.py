@@ -28,6 +28,7 @@ from test_jobs_attachments import VENV_BIN, enqueue, store_message
 from orderflow_ingest import documents, messages, storage
 from orderflow_ingest.jobs import attachments, context
 from orderflow_ingest.jobs.extract import extract_message
+from orderflow_ingest.ops import queries
 from orderflow_ingest.settings import Settings, load_settings
 
 pytestmark = pytest.mark.stack
@@ -222,8 +223,7 @@ def parts(db: Any, message_id: str) -> dict[str, dict[str, Any]]:
 
 
 def stored_keys(s3: Any, settings: Settings, db: Any, message_id: str) -> set[str]:
-    row = messages.get_message(db, message_id)
-    assert row is not None
+    (row,) = queries.resolve(db, message_id).messages
     prefix = f"documents/{row['org_id']}/{message_id}/"
     listing = s3.list_objects_v2(Bucket=settings.s3_bucket, Prefix=prefix)
     return {item["Key"] for item in listing.get("Contents", [])}
@@ -240,9 +240,7 @@ def events(run: dict[str, Any], name: str, message_id: str) -> list[dict[str, An
 
 
 def status(db: Any, message_id: str) -> str:
-    row = messages.get_message(db, message_id)
-    assert row is not None
-    return str(row["status"])
+    return queries.statuses_of(db, [message_id])[message_id]
 
 
 # --- item 4 ---------------------------------------------------------------------------------
@@ -371,8 +369,7 @@ def test_item8_document_cap(
     assert "1.3" in over
     assert f"over the cap of {CAP} documents per message" in recorded["1.3"]["reason"]
     assert stored_keys(s3, hostile_settings, db, message_id) == {d["storage_key"] for d in found}
-    row = messages.get_message(db, message_id)
-    assert row is not None
+    (row,) = queries.resolve(db, message_id).messages
     raw = s3.get_object(Bucket=hostile_settings.s3_bucket, Key=row["raw_storage_key"])
     assert raw["Body"].read() == hostile_run["raws"]["item8"]  # nothing lost: the raw stays
     (warning,) = events(hostile_run, "attachments.document_cap", message_id)

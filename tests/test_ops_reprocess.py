@@ -29,6 +29,7 @@ from samples import address
 
 from orderflow_ingest import messages
 from orderflow_ingest.job_queue import attachment_job_id, fetch_job
+from orderflow_ingest.ops import queries
 
 pytestmark = pytest.mark.stack
 MISCONFIGURED = {"ORDERFLOW_MAX_HEADER_BYTES": "2048"}
@@ -134,7 +135,7 @@ def test_reprocess_says_what_cannot_be_reprocessed(stack: Any, db: Any, s3: Any)
     assert "without a stored raw message" in result.stdout
     assert "Postfix still holds it" in result.stdout
     assert "no message matches 'does-not-exist@nowhere'" in result.stdout
-    assert messages.get_message(db, no_raw["id"])["status"] == "FAILED"  # type: ignore[index]
+    assert queries.statuses_of(db, [no_raw["id"]]) == {no_raw["id"]: "FAILED"}
 
 
 def test_reprocess_reports_a_raw_object_missing_from_the_bucket(

@@ -16,6 +16,7 @@ from samples import address, order_email
 
 from orderflow_ingest import messages
 from orderflow_ingest.job_queue import attachment_job_id, enqueue_extract_attachments, fetch_job
+from orderflow_ingest.ops import queries
 from orderflow_ingest.ops.sweep import ATTEMPTS_KEY
 
 pytestmark = pytest.mark.stack
@@ -144,6 +145,6 @@ def test_sweep_reports_received_rows_without_touching_them(stack: Any, db: Any) 
         assert finding["action"] == "reported"
         assert finding["in_postfix_queue"] is False
         assert "not in this host's Postfix queue" in finding["reason"]
-        assert messages.get_message(db, row["id"])["status"] == "RECEIVED"  # type: ignore[index]
+        assert queries.statuses_of(db, [row["id"]]) == {row["id"]: "RECEIVED"}
     finally:
         messages.mark_failed(db, row["id"], {"stage": "test", "reason": "cleanup"})

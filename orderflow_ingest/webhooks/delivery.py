@@ -264,11 +264,3 @@ def _event(conn: Conn, kind: str, claimed: dict[str, Any], result: AttemptResult
             "error": result.error,
         },
     )
-
-
-def deliver_one(conn: Conn, config: DeliveryConfig) -> str | None:
-    """Claim, attempt and record one delivery; None when nothing is due."""
-    claimed = claim(conn, config)
-    if claimed is None:
-        return None
-    return record(conn, claimed, attempt(claimed, config), config)
