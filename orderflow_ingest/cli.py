@@ -1,5 +1,10 @@
 """The `orderflow-ingest` command line: every long-running part, the database and the orgs.
 
+Here are `db` and `org` and the delivery service; every other command lives in its package's
+command.py, beside the work it calls, and that module's `register(app)` adds it (the loop at the
+end, in the order `--help` lists them). Those modules import only typer and cli_support at
+module level: each command imports what it needs when it runs.
+
 `deliver` is not here: it is the compiled pipe client (pipe/deliver.c) that pipe(8) runs once
 per message; entry.py execs it before typer is imported.
 """
@@ -12,7 +17,16 @@ from typing import Annotated, Any
 
 import typer
 
+from orderflow_ingest.api import command as api_command
 from orderflow_ingest.cli_support import ConfigOption, JsonOption, fail, settings_or_exit
+from orderflow_ingest.devstack import command as devstack_command
+from orderflow_ingest.domains import command as domains_command
+from orderflow_ingest.inbox import command as inbox_command
+from orderflow_ingest.jobs import command as jobs_command
+from orderflow_ingest.lifecycle import command as lifecycle_command
+from orderflow_ingest.milter import command as milter_command
+from orderflow_ingest.ops import command as ops_command
+from orderflow_ingest.webhooks import command as webhooks_command
 
 app = typer.Typer(
     help="orderflow-ingest: purchase orders by email, from Postfix to documents.",
@@ -212,53 +226,15 @@ def build_deliver(
     typer.echo(f"{'changed' if changed else 'unchanged'} {target}")
 
 
-# The jobs package's commands (orderflow_ingest/jobs/command.py): the RQ worker, and inspect.
-from orderflow_ingest.jobs.command import inspect as _inspect_command  # noqa: E402
-from orderflow_ingest.jobs.command import worker as _worker_command  # noqa: E402
-
-app.command("worker")(_worker_command)
-app.command("inspect")(_inspect_command)
-
-# The milter daemon (orderflow_ingest/milter/command.py).
-from orderflow_ingest.milter.command import milter as _milter_command  # noqa: E402
-
-app.command("milter")(_milter_command)
-
-# Operator commands (orderflow_ingest/ops/commands.py): reprocess, sweep, show/trace, raw,
-# queue, doctor, exporter.
-from orderflow_ingest.ops.commands import register as _register_ops  # noqa: E402
-
-_register_ops(app)
-
-# The local stack (orderflow_ingest/devstack/command.py): dev up | down | env.
-from orderflow_ingest.devstack.command import dev_app  # noqa: E402
-
-app.add_typer(dev_app, name="dev")
-
-# Webhooks (orderflow_ingest/webhooks/command.py): endpoints, deliveries and the dispatcher.
-from orderflow_ingest.webhooks.command import dispatcher as _webhook_dispatcher  # noqa: E402
-from orderflow_ingest.webhooks.command import webhook_app  # noqa: E402
-
-app.add_typer(webhook_app, name="webhook")
-app.command("webhook-dispatcher")(_webhook_dispatcher)
-
-# The HTTP API, API keys and the event log (orderflow_ingest/api/command.py).
-from orderflow_ingest.api.command import register as _register_api  # noqa: E402
-
-_register_api(app)
-
-# Data lifecycle (orderflow_ingest/lifecycle/command.py): purge, verify-storage,
-# org retention, org delete.
-from orderflow_ingest.lifecycle.command import register as _register_lifecycle  # noqa: E402
-
-_register_lifecycle(app, org_app)
-
-# Web inbox users (orderflow_ingest/inbox/command.py): user add|list|disable|link.
-from orderflow_ingest.inbox.command import register as _register_inbox  # noqa: E402
-
-_register_inbox(app)
-
-# Custom domains per org (orderflow_ingest/domains/command.py): domain add|verify|list|...
-from orderflow_ingest.domains.command import domain_app  # noqa: E402
-
-app.add_typer(domain_app, name="domain")
+for _register in (
+    jobs_command.register,  # worker, inspect
+    milter_command.register,  # milter
+    ops_command.register,  # reprocess, sweep, show, raw, queue, doctor, exporter
+    devstack_command.register,  # dev up|down|env
+    webhooks_command.register,  # webhook ..., webhook-dispatcher
+    api_command.register,  # api, key ..., events ...
+    lifecycle_command.register,  # purge, verify-storage, org retention|delete
+    inbox_command.register,  # user add|list|disable|link
+    domains_command.register,  # domain add|verify|list|show|remove|check
+):
+    _register(app)

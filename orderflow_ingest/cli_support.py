@@ -26,6 +26,15 @@ def fail(message: str, code: int = EXIT_FAILURE) -> NoReturn:
     raise typer.Exit(code)
 
 
+def command_group(app: typer.Typer, name: str) -> typer.Typer:
+    """The sub-command group `name` already added to `app`, for a package whose commands
+    belong in a group another module owns (lifecycle's `org delete` under cli.py's `org`)."""
+    for group in app.registered_groups:
+        if group.name == name and group.typer_instance is not None:
+            return group.typer_instance
+    raise LookupError(f"no command group {name!r}")
+
+
 def settings_or_exit(config: str | None) -> Settings:
     """Settings, or a one-line error naming the bad setting and exit 78 (EX_CONFIG)."""
     try:

@@ -15,7 +15,7 @@ from prometheus_client.registry import CollectorRegistry
 
 from orderflow_ingest import metrics
 from orderflow_ingest.ops import collector, doctor, exporter, postfix_queue, trace
-from orderflow_ingest.ops.commands import reflow
+from orderflow_ingest.ops.command import reflow
 from orderflow_ingest.ops.timeparse import human_duration, parse_duration, parse_when
 
 DATA = Path(__file__).parent / "data"

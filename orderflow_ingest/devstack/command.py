@@ -178,3 +178,8 @@ def env(directory: DirOption = DEFAULT_DIR) -> None:
 
 if __name__ == "__main__":
     dev_app()
+
+
+def register(app: typer.Typer) -> None:
+    """Add `dev up|down|env` to the CLI."""
+    app.add_typer(dev_app, name="dev")

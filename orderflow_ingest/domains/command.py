@@ -192,3 +192,8 @@ def domain_check(
     data = {"checked": report.checked, "transitions": report.transitions}
     if as_json or lines:
         _emit(data, as_json, "\n".join(lines))
+
+
+def register(app: typer.Typer) -> None:
+    """Add `domain add|verify|list|show|remove|check` to the CLI."""
+    app.add_typer(domain_app, name="domain")

@@ -74,3 +74,9 @@ def inspect(
             typer.echo(f"orderflow-ingest: cannot read {file}: {error.strerror}", err=True)
             raise typer.Exit(EX_NOINPUT) from None
     typer.echo(render_json(result) if json_output else render_text(result))
+
+
+def register(app: typer.Typer) -> None:
+    """Add the jobs package's commands to the CLI."""
+    app.command("worker")(worker)
+    app.command("inspect")(inspect)

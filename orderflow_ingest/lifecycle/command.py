@@ -7,7 +7,13 @@ from typing import Annotated, Any
 
 import typer
 
-from orderflow_ingest.cli_support import ConfigOption, JsonOption, fail, settings_or_exit
+from orderflow_ingest.cli_support import (
+    ConfigOption,
+    JsonOption,
+    command_group,
+    fail,
+    settings_or_exit,
+)
 from orderflow_ingest.outcomes import EX_TEMPFAIL, EXIT_FAILURE  # EX_TEMPFAIL: the timer retries
 
 BATCH_STATEMENT_TIMEOUT = 300.0
@@ -275,9 +281,10 @@ def org_delete(
         raise typer.Exit(EX_TEMPFAIL)
 
 
-def register(app: typer.Typer, org_app: typer.Typer) -> None:
-    """Add the lifecycle commands to the CLI (`org retention|delete` under `org`)."""
+def register(app: typer.Typer) -> None:
+    """Add the lifecycle commands to the CLI (`org retention|delete` under cli.py's `org`)."""
     app.command("purge")(purge)
     app.command("verify-storage")(verify_storage)
+    org_app = command_group(app, "org")
     org_app.command("retention")(org_retention)
     org_app.command("delete")(org_delete)

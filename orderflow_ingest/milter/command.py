@@ -23,3 +23,8 @@ def milter(
     settings = settings_or_exit(config)
     dkimpy_fast.install()  # dkimpy's RSA through OpenSSL: installed at start, never at import
     raise typer.Exit(serve(settings))
+
+
+def register(app: typer.Typer) -> None:
+    """Add the milter daemon's command to the CLI."""
+    app.command("milter")(milter)

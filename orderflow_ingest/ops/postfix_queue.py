@@ -18,6 +18,8 @@ from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
+from orderflow_ingest.ops.timeparse import human_duration
+
 # The queues showq reports, in the order a message moves through them.
 QUEUE_NAMES = ("maildrop", "incoming", "active", "deferred", "hold")
 # Prefix qmgr adds while a destination is throttled; the cause after it is what matters.
@@ -176,6 +178,21 @@ class QueueSummary:
             ],
             "warnings": self.warnings,
         }
+
+    def render_text(self, reasons: int = 5) -> str:
+        """A table of the queues, the top deferral reasons and any warnings (`queue`)."""
+        lines = [f"{'queue':<10}{'messages':>10}{'recipients':>12}{'size':>12}  oldest"]
+        for name in self.messages:
+            lines.append(
+                f"{name:<10}{self.messages[name]:>10}{self.recipients[name]:>12}"
+                f"{self.size_bytes[name]:>12}  {human_duration(self.oldest_age_seconds[name])}"
+            )
+        top = self.top_reasons(reasons)
+        if top:
+            lines.append("top deferral reasons (messages):")
+            lines.extend(f"{count:>8}  {reason}" for reason, count in top)
+        lines.extend(f"note: {warning}" for warning in self.warnings)
+        return "\n".join(lines)
 
 
 def summarize(entries: Iterable[QueueEntry], now: float | None = None) -> QueueSummary:

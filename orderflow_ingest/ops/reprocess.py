@@ -19,6 +19,7 @@ import os
 import time
 from collections.abc import Callable, Iterable
 from dataclasses import asdict, dataclass
+from datetime import datetime
 from typing import Any
 
 from rq.job import JobStatus
@@ -62,6 +63,66 @@ class Step:
 
     def as_dict(self) -> dict[str, Any]:
         return asdict(self)
+
+
+@dataclass(frozen=True)
+class Request:
+    """Which messages the operator asked for: identifiers, narrowed by the other options, or
+    a selection by org, status and time when there are none."""
+
+    identifiers: tuple[str, ...] = ()
+    org: str | None = None
+    statuses: tuple[str, ...] = ()
+    since: datetime | None = None
+    until: datetime | None = None
+    limit: int | None = None
+
+    def names_nothing(self) -> bool:
+        return not (self.identifiers or self.org or self.statuses or self.since or self.until)
+
+
+def parse_statuses(values: Iterable[str]) -> tuple[str, ...]:
+    """--status values (repeatable, or comma-separated), upper-cased; ValueError naming the
+    first one reprocessing cannot select."""
+    statuses = tuple(
+        part.strip().upper() for value in values for part in value.split(",") if part.strip()
+    )
+    bad = [status for status in statuses if status not in queries.REPROCESSABLE]
+    if bad:
+        *most, last = queries.REPROCESSABLE
+        raise ValueError(f"--status {bad[0]}: use {', '.join(most)} or {last}")
+    return statuses
+
+
+def select(conn: Conn, request: Request) -> tuple[list[dict[str, Any]], list[str]]:
+    """(the messages `request` names, in order; the identifiers that matched none).
+
+    Without identifiers the selection covers every reprocessable status unless --status says
+    otherwise; the reprocessing itself still says why a RECEIVED one cannot be redone."""
+    if not request.identifiers:
+        selection = queries.Selection(
+            org_slug=request.org,
+            statuses=request.statuses or queries.REPROCESSABLE,
+            since=request.since,
+            until=request.until,
+            limit=request.limit,
+        )
+        return queries.select_messages(conn, selection), []
+    rows: dict[str, dict[str, Any]] = {}
+    unmatched: list[str] = []
+    for identifier in request.identifiers:
+        found = queries.resolve(conn, identifier, request.org).messages
+        if not found:
+            unmatched.append(identifier)
+        rows.update((row["id"], row) for row in found)
+    selected = [
+        row
+        for row in rows.values()
+        if (not request.statuses or row["status"] in request.statuses)
+        and (request.since is None or row["received_at"] >= request.since)
+        and (request.until is None or row["received_at"] < request.until)
+    ][: request.limit]
+    return selected, unmatched
 
 
 def raw_exists(s3: Any, bucket: str, key: str) -> bool:
@@ -254,6 +315,30 @@ def summary(steps: Iterable[Step], dry_run: bool) -> dict[str, int]:
         )
         counts[key] = counts.get(key, 0) + 1
     return counts
+
+
+# How the totals line names each action (reprocess's own words; others as they are).
+_TOTAL_WORDS = {
+    REOPEN: "reopened",
+    ENQUEUE: "enqueued",
+    SKIP: "skipped",
+    IMPOSSIBLE: "cannot be reprocessed",
+    ERROR: "failed",
+}
+
+
+def totals_line(steps: list[Step], totals: dict[str, int]) -> str:
+    """`3 message(s): 1 reopened, 2 skipped` (the last line of the text output)."""
+    parts = [
+        f"{count} {_TOTAL_WORDS.get(name, name.replace('_', ' '))}"
+        for name, count in sorted(totals.items())
+    ]
+    return f"{len(steps)} message(s): " + (", ".join(parts) or "nothing selected")
+
+
+def has_problems(steps: Iterable[Step]) -> bool:
+    """Whether any message could not be reprocessed (the command then exits 1)."""
+    return any(step.action in (ERROR, IMPOSSIBLE) for step in steps)
 
 
 def describe(step: Step, dry_run: bool) -> str:

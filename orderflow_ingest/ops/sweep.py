@@ -34,6 +34,7 @@ from orderflow_ingest.job_queue import (
 )
 from orderflow_ingest.logs import log_event
 from orderflow_ingest.ops import postfix_queue, queries
+from orderflow_ingest.ops.timeparse import human_duration
 from orderflow_ingest.settings import Settings
 
 ATTEMPTS_KEY = "orderflow:sweep:attempts:{}"
@@ -66,6 +67,13 @@ class Finding:
 
     def as_dict(self) -> dict[str, Any]:
         return asdict(self)
+
+    def line(self) -> str:
+        """One line per message for the text output."""
+        return (
+            f"{self.inbound_message_id}  {self.org:<12} {self.status:<8}"
+            f" stuck {human_duration(self.stuck_seconds):>8}  {self.action}: {self.reason}"
+        )
 
 
 def job_state(redis: Any, job_id: str) -> tuple[str, str | None]:
@@ -245,6 +253,11 @@ def sweep(
             metrics.count("orderflow_sweep_total", action=finding.action)
         findings.append(finding)
     return findings
+
+
+def totals_line(totals: dict[str, int]) -> str:
+    """`1 reenqueued, 2 waiting` (the last line of the text output)."""
+    return ", ".join(f"{count} {name}" for name, count in sorted(totals.items()))
 
 
 def totals(findings: list[Finding]) -> dict[str, int]:

@@ -434,6 +434,26 @@ def _postfix_lines(postfix: dict[str, Any]) -> list[str]:
     return lines
 
 
+def raw_key(conn: Conn, resolved: queries.Resolved, identifier: str) -> str:
+    """The S3 key `raw IDENTIFIER` streams: the document's file for a document id, else the
+    one matching message's raw .eml; LookupError saying why there is none to stream."""
+    if resolved.document_id is not None:
+        document = documents.get_document(conn, resolved.document_id)
+        key = document["storage_key"] if document else None
+    elif len(resolved.messages) > 1:
+        choices = ", ".join(f"{r['id']} ({r['org_slug']})" for r in resolved.messages)
+        raise LookupError(f"{identifier!r} matches {len(resolved.messages)} messages: {choices}")
+    elif not resolved.messages:
+        raise LookupError(f"no message matches {identifier!r}")
+    else:
+        key = resolved.messages[0]["raw_storage_key"]
+    if not key:
+        raise LookupError(
+            f"{identifier!r} has no stored raw message (it failed before reaching S3)"
+        )
+    return str(key)
+
+
 def stream_object(s3: Any, bucket: str, key: str, out: Any, chunk: int = 64 * 1024) -> int:
     """Copy an S3 object to a binary stream, chunk by chunk; returns the bytes written."""
     body = s3.get_object(Bucket=bucket, Key=key)["Body"]

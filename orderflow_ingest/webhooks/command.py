@@ -246,3 +246,9 @@ def dispatcher(config: ConfigOption = None) -> None:
     from orderflow_ingest.webhooks.dispatcher import serve
 
     sys.exit(serve(settings_or_exit(config)))
+
+
+def register(app: typer.Typer) -> None:
+    """Add `webhook ...` and `webhook-dispatcher` to the CLI."""
+    app.add_typer(webhook_app, name="webhook")
+    app.command("webhook-dispatcher")(dispatcher)

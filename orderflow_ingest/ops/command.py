@@ -1,5 +1,7 @@
 """The operator commands on the `orderflow-ingest` CLI: reprocess, sweep, show/trace, raw,
-queue, doctor and exporter. `register(app)` adds them; the work is in the sibling modules.
+queue, doctor and exporter. `register(app)` adds them. Each command parses its arguments, calls
+the work in the sibling module of its name (reprocess.py, sweep.py, trace.py, postfix_queue.py,
+doctor.py, exporter.py) and prints what it returns.
 
 Only typer and the standard library are imported at module level: the CLI loads this for
 every command, and the heavy clients are needed only by the command that runs.
@@ -159,56 +161,29 @@ def reprocess(
       orderflow-ingest reprocess --org acme --status FAILED --since 2024-05-01 --until 2024-05-02
       orderflow-ingest reprocess '<PO-4711@customer.example>' --wait
     """
-    from orderflow_ingest.ops import queries
     from orderflow_ingest.ops import reprocess as ops
     from orderflow_ingest.ops.timeparse import parse_when
 
-    statuses = tuple(
-        part.strip().upper() for value in status or () for part in value.split(",") if part.strip()
-    )
-    bad = [s for s in statuses if s not in queries.REPROCESSABLE]
-    if bad:
-        *most, last = queries.REPROCESSABLE
-        fail(f"--status {bad[0]}: use {', '.join(most)} or {last}", EXIT_USAGE)
-    if not (identifiers or org or statuses or since or until):
+    try:
+        request = ops.Request(
+            identifiers=tuple(identifiers or ()),
+            org=org,
+            statuses=ops.parse_statuses(status or ()),
+            since=parse_when(since) if since else None,
+            until=parse_when(until) if until else None,
+            limit=limit,
+        )
+    except ValueError as error:
+        fail(str(error), EXIT_USAGE)
+    if request.names_nothing():
         fail(
             "say which messages: ids, or a selection such as --status FAILED --since 24h",
             EXIT_USAGE,
         )
-    try:
-        since_at = parse_when(since) if since else None
-        until_at = parse_when(until) if until else None
-    except ValueError as error:
-        fail(str(error), EXIT_USAGE)
     settings = settings_or_exit(config)
     _logging(settings, "reprocess")
-    unmatched: list[str] = []
     with _backends(settings) as (conn, redis_client, s3):
-        if identifiers:
-            rows: dict[str, dict[str, Any]] = {}
-            for identifier in identifiers:
-                found = queries.resolve(conn, identifier, org).messages
-                if not found:
-                    unmatched.append(identifier)
-                rows.update((row["id"], row) for row in found)
-            selected = [
-                row
-                for row in rows.values()
-                if (not statuses or row["status"] in statuses)
-                and (since_at is None or row["received_at"] >= since_at)
-                and (until_at is None or row["received_at"] < until_at)
-            ][:limit]
-        else:
-            selected = queries.select_messages(
-                conn,
-                queries.Selection(
-                    org_slug=org,
-                    statuses=statuses or queries.REPROCESSABLE,
-                    since=since_at,
-                    until=until_at,
-                    limit=limit,
-                ),
-            )
+        selected, unmatched = ops.select(conn, request)
         conn.commit()
         with _progress(len(selected), "reprocess", enabled=not as_json) as advance:
             steps = ops.reprocess(
@@ -241,20 +216,8 @@ def reprocess(
             typer.echo(ops.describe(step, dry_run))
         for identifier in unmatched:
             typer.echo(f"no message matches {identifier!r}")
-        words = {
-            "reopen": "reopened",
-            "enqueue": "enqueued",
-            "skip": "skipped",
-            "impossible": "cannot be reprocessed",
-            "error": "failed",
-        }
-        parts = [
-            f"{count} {words.get(name, name.replace('_', ' '))}"
-            for name, count in sorted(totals.items())
-        ]
-        typer.echo(f"{len(steps)} message(s): " + (", ".join(parts) or "nothing selected"))
-    problems = any(s.action in (ops.ERROR, ops.IMPOSSIBLE) for s in steps)
-    if problems or unmatched or not waited_ok:
+        typer.echo(ops.totals_line(steps, totals))
+    if ops.has_problems(steps) or unmatched or not waited_ok:
         raise typer.Exit(EXIT_FAILURE)
 
 
@@ -312,7 +275,7 @@ def sweep(
       orderflow-ingest sweep --older-than 30m --quiet      # from a timer
     """
     from orderflow_ingest.ops import sweep as ops
-    from orderflow_ingest.ops.timeparse import human_duration, parse_duration
+    from orderflow_ingest.ops.timeparse import parse_duration
 
     try:
         threshold = parse_duration(older_than)
@@ -339,12 +302,9 @@ def sweep(
     elif findings:
         if dry_run:
             typer.echo("dry run: nothing was changed")
-        for f in findings:
-            typer.echo(
-                f"{f.inbound_message_id}  {f.org:<12} {f.status:<8}"
-                f" stuck {human_duration(f.stuck_seconds):>8}  {f.action}: {f.reason}"
-            )
-        typer.echo(", ".join(f"{count} {name}" for name, count in sorted(totals.items())))
+        for finding in findings:
+            typer.echo(finding.line())
+        typer.echo(ops.totals_line(totals))
     elif not quiet:
         typer.echo(f"nothing stuck for longer than {older_than}")
     if ops.ERROR in totals:
@@ -437,26 +397,16 @@ def raw(
       orderflow-ingest raw 1b4e28ba-2fa1-11d2-883f-0016d3cca427 > order.eml
       orderflow-ingest raw '<PO-4711@customer.example>' --org acme | orderflow-ingest inspect -
     """
-    from orderflow_ingest import documents
     from orderflow_ingest.ops import queries, trace
 
     settings = settings_or_exit(config)
     _logging(settings, "raw")
     with _backends(settings) as (conn, _redis, s3):
-        resolved = queries.resolve(conn, identifier, org)
-        if resolved.document_id is not None:
-            document = documents.get_document(conn, resolved.document_id)
-            key = document["storage_key"] if document else None
-        elif len(resolved.messages) > 1:
-            choices = ", ".join(f"{r['id']} ({r['org_slug']})" for r in resolved.messages)
-            fail(f"{identifier!r} matches {len(resolved.messages)} messages: {choices}")
-        elif not resolved.messages:
-            fail(f"no message matches {identifier!r}")
-        else:
-            key = resolved.messages[0]["raw_storage_key"]
+        try:
+            key = trace.raw_key(conn, queries.resolve(conn, identifier, org), identifier)
+        except LookupError as error:
+            fail(str(error))
         conn.commit()
-        if not key:
-            fail(f"{identifier!r} has no stored raw message (it failed before reaching S3)")
         try:
             trace.stream_object(s3, settings.s3_bucket, key, sys.stdout.buffer)
         except BrokenPipeError:
@@ -481,28 +431,13 @@ def queue(
       orderflow-ingest queue --json --reasons 10
     """
     from orderflow_ingest.ops import postfix_queue
-    from orderflow_ingest.ops.timeparse import human_duration
 
     settings = settings_or_exit(config)
     try:
         summary = postfix_queue.queue_summary(settings.postfix_config_dir)
     except postfix_queue.PostqueueError as error:
         fail(str(error), EX_TEMPFAIL)
-    if as_json:
-        typer.echo(_dump(summary.as_dict(reasons)))
-        return
-    lines = [f"{'queue':<10}{'messages':>10}{'recipients':>12}{'size':>12}  oldest"]
-    for name in summary.messages:
-        lines.append(
-            f"{name:<10}{summary.messages[name]:>10}{summary.recipients[name]:>12}"
-            f"{summary.size_bytes[name]:>12}  {human_duration(summary.oldest_age_seconds[name])}"
-        )
-    top = summary.top_reasons(reasons)
-    if top:
-        lines.append("top deferral reasons (messages):")
-        lines.extend(f"{count:>8}  {reason}" for reason, count in top)
-    lines.extend(f"note: {warning}" for warning in summary.warnings)
-    typer.echo("\n".join(lines))
+    typer.echo(_dump(summary.as_dict(reasons)) if as_json else summary.render_text(reasons))
 
 
 # --- doctor ------------------------------------------------------------------------------
