@@ -6,13 +6,19 @@ STAMP := $(VENV)/.installed
 # The pipe client pipe(8) runs per message, compiled from orderflow_ingest/pipe/deliver.c.
 CLIENT := $(VENV)/bin/orderflow-deliver
 
-.PHONY: demo test lint bench reliability fuzz system-deps venv clean ansible-test
+.PHONY: demo test unit lint bench reliability fuzz system-deps venv clean ansible-test
 
 demo: system-deps $(STAMP) $(CLIENT)
 	$(PY) -m orderflow_ingest.devstack.demo
 
+# Branch coverage of the package is printed (a report, not a gate); in-process code only.
 test: system-deps $(STAMP) $(CLIENT)
-	$(VENV)/bin/pytest -q $(PYTEST_ARGS)
+	$(VENV)/bin/pytest -q --cov --cov-report=term $(PYTEST_ARGS)
+
+# The fast tier alone (< 30 s): no stack, nothing marked slow (tests/conftest.py says how a
+# test lands in a tier).
+unit: $(STAMP) $(CLIENT)
+	$(VENV)/bin/pytest -q -m "not stack and not slow" $(PYTEST_ARGS)
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check orderflow_ingest tests bench

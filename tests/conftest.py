@@ -45,6 +45,53 @@ def pytest_addoption(parser: pytest.Parser) -> None:
     )
 
 
+# Modules that need no stack but take seconds each: they start real daemons (libmilter),
+# run hypothesis over hundreds of messages, burn CPU limits in sandboxes or wait on DNS and
+# alert-rule timeouts. `make unit` leaves them to `make test`.
+SLOW_WITHOUT_STACK = frozenset(
+    {
+        "test_backpressure_units.py",
+        "test_domains_checks.py",
+        "test_milter_daemon.py",
+        "test_mime_limits.py",
+        "test_mime_properties.py",
+        "test_ops_alerts.py",
+        "test_ops_mx_checks.py",
+    }
+)
+# A test in the fast tier that takes longer than this is named at the end of `make unit`.
+FAST_TIER_SECONDS = 2.0
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """The fast tier (`make unit`, under 30 s) is every test that is neither `stack` nor
+    `slow`. A test that uses the stack, directly or through another fixture, is marked `stack`
+    here, so a new test lands in the right tier without anyone remembering a marker; a test
+    that takes seconds without the stack is marked `slow` in its module, or its module is
+    listed in SLOW_WITHOUT_STACK, and `make unit` names any test that should have been."""
+    for item in items:
+        if "make_stack" in getattr(item, "fixturenames", ()):
+            item.add_marker(pytest.mark.stack)
+        if item.path.name in SLOW_WITHOUT_STACK:
+            item.add_marker(pytest.mark.slow)
+
+
+_slow_in_fast_tier: list[tuple[str, float]] = []
+
+
+def pytest_runtest_logreport(report: pytest.TestReport) -> None:
+    fast = "slow" not in report.keywords and "stack" not in report.keywords
+    if report.when == "call" and fast and report.duration > FAST_TIER_SECONDS:
+        _slow_in_fast_tier.append((report.nodeid, report.duration))
+
+
+def pytest_terminal_summary(terminalreporter: Any) -> None:
+    if _slow_in_fast_tier:
+        terminalreporter.section(f"fast-tier tests slower than {FAST_TIER_SECONDS:.0f} s")
+        for nodeid, seconds in _slow_in_fast_tier:
+            terminalreporter.write_line(f"{seconds:5.1f}s {nodeid}: mark it slow (or speed it up)")
+
+
 def _stack_dir() -> Path:
     """A directory under /tmp, not pytest's tmp_path: /tmp/pytest-of-root is mode 0700, and
     the postgres, postfix and orderflow users must reach their files in the stack."""

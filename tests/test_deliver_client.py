@@ -254,6 +254,7 @@ def test_the_environment_wins_over_the_file_and_orderflow_config_names_it(
     assert result.returncode == 75
 
 
+@pytest.mark.slow  # waits out the client's one-second deadline
 def test_a_service_that_never_answers_defers_at_the_deadline(
     client: Path, service: Any, tmp_path: Path
 ) -> None:
@@ -340,6 +341,7 @@ def test_unreadable_config_file_defers_never_silent_defaults(
     assert fake.received == b""
 
 
+@pytest.mark.slow  # waits out the client's one-second deadline
 def test_input_cut_off_by_a_deadline_sends_no_trailer(
     client: Path, service: Any, tmp_path: Path
 ) -> None:
