@@ -14,7 +14,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from prometheus_client.registry import CollectorRegistry
 
 from orderflow_ingest import metrics
-from orderflow_ingest.ops import collector, doctor, exporter, postfix_queue, trace
+from orderflow_ingest.ops import collector, doctor, exporter, postfix_queue, reprocess, trace
 from orderflow_ingest.ops.command import reflow
 from orderflow_ingest.ops.timeparse import human_duration, parse_duration, parse_when
 
@@ -71,6 +71,26 @@ def test_queue_summary_counts_ages_and_reasons() -> None:
     data = summary.as_dict()
     assert data["queues"]["hold"]["messages"] == 1
     assert data["top_deferral_reasons"][0]["messages"] == 5
+
+
+def test_queue_summary_text_is_a_table_then_the_reasons() -> None:
+    summary = postfix_queue.summarize(
+        postfix_queue.parse_lines(POSTQUEUE_OUTPUT.splitlines()), now=CAPTURED_AT + 100
+    )
+    lines = summary.render_text(reasons=1).splitlines()
+    assert lines[0].split() == ["queue", "messages", "recipients", "size", "oldest"]
+    assert lines[4].split() == ["deferred", "4", "8", str(4 * 263), "1m", "51s"]
+    assert lines[6] == "top deferral reasons (messages):"
+    assert lines[7].split(maxsplit=1) == ["5", summary.top_reasons(1)[0][0]]
+
+
+def test_reprocess_statuses_and_what_a_request_names() -> None:
+    assert reprocess.parse_statuses(["failed,parsed", " STORED "]) == ("FAILED", "PARSED", "STORED")
+    with pytest.raises(ValueError, match="--status RECEIVED: use FAILED, PARSED or STORED"):
+        reprocess.parse_statuses(["FAILED", "received"])
+    assert reprocess.Request().names_nothing()
+    assert not reprocess.Request(org="acme").names_nothing()
+    assert reprocess.Request(limit=5).names_nothing()  # a limit alone selects nothing
 
 
 def test_queue_summary_of_an_empty_queue_has_every_queue_at_zero() -> None:

@@ -185,10 +185,7 @@ def download(token: Annotated[str, Path(max_length=1000)], backends: BackendsDep
 )
 def reprocess(message_id: UUID, principal: Reprocess, conn: DbConn, backends: BackendsDep) -> Any:
     """Run attachment extraction again from the stored raw message (`reprocess`)."""
-    row = conn.execute(
-        f"SELECT {queries.COLUMNS} {queries.FROM} WHERE m.id = %s AND m.org_id = ANY(%s::uuid[])",
-        (str(message_id), list(principal.org_ids)),
-    ).fetchone()
+    row = queries.message_in_orgs(conn, str(message_id), principal.org_ids)
     if row is None:
         raise not_found("message")
     conn.commit()

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import re
 import uuid
+from collections.abc import Iterable
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
@@ -79,6 +80,16 @@ def resolve(conn: Conn, identifier: str, org_slug: str | None = None) -> Resolve
             resolved.document_id,
         )
     return resolved
+
+
+def message_in_orgs(
+    conn: Conn, inbound_message_id: str, org_ids: Iterable[str]
+) -> dict[str, Any] | None:
+    """One message, only if it belongs to one of `org_ids` (an API key's scope)."""
+    return conn.execute(
+        f"SELECT {COLUMNS} {FROM} WHERE m.id = %s AND m.org_id = ANY(%s::uuid[])",
+        (inbound_message_id, list(org_ids)),
+    ).fetchone()
 
 
 def postfix_kind(text: str) -> str:
