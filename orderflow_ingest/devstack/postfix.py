@@ -31,6 +31,8 @@ POSTFIX = "/usr/sbin/postfix"
 DEV_POSTMASTER_ADDRESS = "postmaster@ops.invalid"
 POSTQUEUE = "/usr/sbin/postqueue"
 START_TIMEOUT = 30
+# proxy:pgsql: tables of the custom domains (postfix-config/, issue 13).
+CUSTOM_DOMAIN_MAPS = ("orderflow_custom_domains.cf",)
 
 # The services a standalone instance needs besides ours (upstream defaults, chroot n).
 # No local delivery. pickup stays: `postqueue -f` checks it to see whether Postfix is up.
@@ -137,6 +139,7 @@ class Postfix(Component):
             "deliver_command": deliver_command(),
             "config_file": str(layout.config_file),
             "postmaster_address": DEV_POSTMASTER_ADDRESS,
+            **self._pgsql_variables(),
         }
         retry = max(1, options.retry_seconds)
         overlay = {
@@ -163,6 +166,8 @@ class Postfix(Component):
             overlay["smtpd_tls_security_level"] = "none"
         if not options.milter:
             overlay["smtpd_milters"] = ""
+        if options.uses_external("ORDERFLOW_DATABASE_URL"):  # no Postfix role there: no lookup
+            overlay["relay_domains"] = options.ingest_domain
         overlay.update(options.postfix_overrides)
         main_cf = merge_main_cf(render_file("main.cf", variables), overlay, "devstack overlay")
         master_cf = BASE_MASTER_CF + render_file("master.cf", variables)
@@ -172,6 +177,26 @@ class Postfix(Component):
         accounts.write_file(self.config_dir / "master.cf", master_cf, 0o644)
         accounts.write_file(self.config_dir / "orderflow_transport", transport, 0o644)
         accounts.write_file(self.config_dir / "role_mailboxes", role_mailboxes, 0o644)
+        for name in CUSTOM_DOMAIN_MAPS:  # hold the Postfix role's password: root:postfix 0640
+            text = render_file(name, variables)
+            accounts.write_file(self.config_dir / name, text, 0o640, "root", "postfix")
+
+    def _pgsql_variables(self) -> dict[str, str]:
+        """Where proxymap finds the custom domains: this stack's PostgreSQL, Postfix's role."""
+        from orderflow_ingest.devstack.postgres import (
+            DATABASE,
+            POSTFIX_ROLE,
+            postfix_role_password,
+        )
+
+        port = self.ctx.ports("postgres", ("port",))["port"]
+        host = self.ctx.options.listen_address
+        return {
+            "pgsql_hosts": f"inet:{host}:{port}",
+            "pgsql_user": POSTFIX_ROLE,
+            "pgsql_password": postfix_role_password(self.ctx),
+            "pgsql_dbname": DATABASE,
+        }
 
     def _postfix(self, command: str, timeout: float = 60) -> subprocess.CompletedProcess[str]:
         config = str(self.config_dir.resolve())

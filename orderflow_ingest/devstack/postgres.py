@@ -10,6 +10,7 @@ from __future__ import annotations
 import glob
 import subprocess
 from pathlib import Path
+from typing import Any
 
 import psycopg
 from psycopg import sql
@@ -21,6 +22,18 @@ from orderflow_ingest.devstack.processes import ProcessRef, in_netns, listens_on
 PG_USER = "postgres"
 DATABASE = "orderflow"
 OWNER_ROLE = "orderflow_owner"
+# Postfix's own role: SELECT on the view postfix_custom_domain only (sql/009, issue 13).
+POSTFIX_ROLE = "orderflow_postfix"
+
+
+def postfix_role_password(ctx: Any) -> str:
+    """The throwaway password of Postfix's database role, made once per stack."""
+    import secrets
+
+    with ctx._lock:
+        return str(ctx.state.secrets.setdefault("pg_postfix", secrets.token_urlsafe(24)))
+
+
 RUNTIME_ROLE = "orderflow_app"
 START_TIMEOUT = 30
 
@@ -157,6 +170,7 @@ class Postgres(Component):
             raise self.fail(f"port {port} does not belong to the postmaster we started (pid {pid})")
         if not self.ctx.state.done.get("postgres.roles"):
             self._create_roles(port)
+        self._ensure_postfix_role(port)
 
     def _postmaster_pid(self) -> int | None:
         try:
@@ -196,6 +210,33 @@ class Postgres(Component):
         with self.ctx._lock:
             self.ctx.state.done["postgres.roles"] = True
         self.ctx.save()
+
+    def _ensure_postfix_role(self, port: int) -> None:
+        """Postfix's role (proxy:pgsql: custom domains), before migrations grant it the view."""
+        password = postfix_role_password(self.ctx)
+        with psycopg.connect(
+            url(
+                PG_USER,
+                self.ctx.state.secrets["pg_super"],
+                port,
+                "postgres",
+                self.ctx.options.listen_address,
+            ),
+            autocommit=True,
+            connect_timeout=10,
+        ) as conn:
+            exists = conn.execute("SELECT 1 FROM pg_roles WHERE rolname = %s", (POSTFIX_ROLE,))
+            verb = "ALTER" if exists.fetchone() else "CREATE"
+            conn.execute(
+                sql.SQL(verb + " ROLE {} LOGIN PASSWORD {}").format(
+                    sql.Identifier(POSTFIX_ROLE), sql.Literal(password)
+                )
+            )
+            conn.execute(
+                sql.SQL("GRANT CONNECT ON DATABASE {} TO {}").format(
+                    sql.Identifier(DATABASE), sql.Identifier(POSTFIX_ROLE)
+                )
+            )
 
     def stop(self) -> None:
         ref = self.ctx.ref(self.name)
