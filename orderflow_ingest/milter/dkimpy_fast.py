@@ -6,8 +6,9 @@ replacements do the same with OpenSSL (through `cryptography`) and int.to_bytes.
 they are not sure about (an unusual key, a hash we do not map) goes to dkimpy's original
 code, so a verdict can never differ from dkimpy's, only arrive sooner.
 
-Nothing changes at import: `install()` puts them in dkimpy's place, called once by the milter's
-start-up (`daemon.serve`), so importing dkim_check (tests, tools) leaves dkimpy as it is. The
+Nothing changes at import: `install()` puts them in dkimpy's place, called once when the
+daemon starts (`orderflow-ingest milter`, milter/command.py), so importing dkim_check (tests,
+tools) leaves dkimpy as it is. The
 names replaced are dkimpy 1.1's (pyproject bounds it below 1.2); tests/test_patch_contracts.py
 fails when an upgrade renames one or stops looking it up where we replace it.
 """
