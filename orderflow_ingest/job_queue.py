@@ -98,7 +98,10 @@ def enqueue_extract_attachments(
     inbound_message_id: str,
     trace_id: str,
     check_live: bool = True,
+    pipeline: Any = None,
 ) -> bool:
+    """With `pipeline` (a transaction of `redis`), the job's commands are queued on it and
+    the caller's `pipeline.execute()` sends them in one round trip (RQ alone sends two)."""
     queue = make_queue(redis, settings.attachment_queue)
     return enqueue_unless_live(
         queue,
@@ -106,6 +109,7 @@ def enqueue_extract_attachments(
         attachment_job_id(inbound_message_id),
         inbound_message_id,
         check_live=check_live,
+        pipeline=pipeline,
         trace_id=trace_id,
         job_timeout=settings.job_timeout,
         retry=ATTACHMENT_RETRY,

@@ -434,9 +434,18 @@ def _put_raw(backends: Backends, key: str, message: SpooledMessage) -> None:
 def _enqueue(
     backends: Backends, message_id: str, trace_id: str, context: dict[str, Any], check_live: bool
 ) -> None:
-    enqueued = enqueue_extract_attachments(
-        backends.redis, backends.settings, message_id, trace_id, check_live=check_live
-    )
+    # One Redis round trip: the job's commands in one transaction, sent by execute(), which
+    # returns only once Redis has the job (the delivery answers 0 only after it).
+    with backends.redis.pipeline() as pipeline:
+        enqueued = enqueue_extract_attachments(
+            backends.redis,
+            backends.settings,
+            message_id,
+            trace_id,
+            check_live=check_live,
+            pipeline=pipeline,
+        )
+        pipeline.execute()
     log_event("delivery.enqueued" if enqueued else "delivery.job_already_queued", **context)
 
 
