@@ -177,7 +177,7 @@ class Lab:
         self, name: str, argv: Sequence[str], timeout: float = 120, **kwargs: object
     ) -> subprocess.CompletedProcess[str]:
         """A command inside host `name`'s namespace (its /etc/netns files mounted)."""
-        return subprocess.run(  # type: ignore[call-overload,no-any-return]
+        return subprocess.run(  # type: ignore[call-overload]
             self.argv(name, argv),
             capture_output=True,
             text=True,
