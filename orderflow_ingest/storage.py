@@ -60,7 +60,7 @@ class _KnownPayloadAuth(S3SigV4Auth):
     """botocore's SigV4 for S3, given the body's sha256 that the caller computed already
     (the delivery service hashes every message while it spools it): the request is signed
     over the payload exactly as the client signs it on plain HTTP, without reading the body
-    a second time. S3 recomputes the hash and refuses a body that does not match."""
+    a second time (AWS S3 refuses a body that does not match it)."""
 
     def payload(self, request: Any) -> str:
         known = request.context.get("payload_sha256")
