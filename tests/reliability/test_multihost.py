@@ -72,14 +72,21 @@ HOSTS = ("backends", *MX, "sender")
 SENDER_HOSTNAME = f"mail.{SENDER_DOMAIN}"
 DELIVERED = re.compile(r"postfix/pipe\[\d+\]: \w+: to=<[^>]*>.*status=sent")
 SENDER_DEFERRED = re.compile(r"postfix/smtp\[\d+\]: (\w+): to=<[^>]*>.*status=deferred")
+# The sending Postfix's session with the dead host cut: which step, for which queue id.
+SENDER_CUT = re.compile(r"postfix/smtp\[\d+\]: (\w+): lost connection with mx2\.\S* while (.*)")
+SENDER_SENT_VIA = re.compile(r"postfix/smtp\[\d+\]: (\w+): to=<[^>]*>, relay=(mx\d)\..*status=sent")
 SENDER_SENT = re.compile(r"postfix/smtp\[\d+\]: \w+: to=<[^>]*>, relay=(mx\d)\.[^\[]*\[")
 QUEUES = ("maildrop", "incoming", "active", "deferred", "hold")
+CLEANUP_MESSAGE_ID = re.compile(r"postfix/cleanup\[\d+\]: (\w+): message-id=(<[^>]*>)")
+QMGR_QUEUED = re.compile(r"postfix/qmgr\[\d+\]: (\w+): from=")
+SLOW_DOMAIN = "slow.load.test"  # DKIM keys under it get no answer (scenario C)
 
 PAIRS = 60  # scenario A: messages each sent through both hosts at once
 STUCK = 300  # scenario B: STORED messages whose job was lost
 SWEEP_ROUNDS = 3
 KILL_MESSAGES = 600  # scenario C, through the sending Postfix
 KILL_RATE = 15.0
+SLOW_MESSAGES = 12
 THROUGHPUT_MESSAGES = 600  # scenario D, per run
 THROUGHPUT_SESSIONS = 40
 
@@ -300,17 +307,26 @@ class Hosts(Harness):
         Postfix, its pipe clients, the milter and the delivery service)."""
         stack = self.mx[host]
         spared = {ref.pid for name in spare if (ref := stack.ctx.ref(name)) is not None}
-        victims = [pid for pid in self.lab.pids(host) if _pgid(pid) not in spared]
-        for pid in victims:
-            with contextlib.suppress(ProcessLookupError):
-                os.kill(pid, signal.SIGKILL)
+        victims: set[int] = set()
+
+        def kill_all() -> bool:
+            # Again until none is left: a dying master may still have forked a child.
+            found = [pid for pid in self.lab.pids(host) if _pgid(pid) not in spared]
+            for pid in found:
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(pid, signal.SIGKILL)
+            victims.update(found)
+            for name in ("deliver", "milter"):  # reap our own children: no zombies left
+                popen = stack.ctx.children.get(name)
+                if popen is not None:
+                    popen.poll()
+            return not found
+
+        assert wait_until(kill_all, 10, 0.02), f"processes of {host} survived SIGKILL"
         for name in ("deliver", "milter"):
             popen = stack.ctx.children.get(name)
             if popen is not None:
                 popen.wait(timeout=10)
-        assert wait_until(
-            lambda: not any(_pgid(pid) not in spared for pid in self.lab.pids(host)), 10
-        ), f"processes of {host} survived SIGKILL"
         return len(victims)
 
     def start_host(self, host: str, components: Sequence[str]) -> None:
@@ -632,19 +648,40 @@ def test_sweep_on_both_hosts_at_once_enqueues_each_lost_job_once(hosts: Hosts) -
 
 def test_host_killed_mid_load_sender_fails_over_and_its_queue_drains(hosts: Hosts) -> None:
     """Mail flows through the sending Postfix (two MX of equal preference). mx2's delivery
-    service is SIGKILLed, so mx2 queues what it accepts; then the rest of mx2 (Postfix, its
-    pipe clients, the milter) is SIGKILLed too. The sender defers what was in flight and
-    retries to mx1; mx2's queue waits on disk and drains once mx2 is started again."""
+    service is SIGKILLed, so mx2 queues what it accepts; then, while mx2 holds a transaction
+    at end of data (a DKIM key look-up that gets no answer keeps its milter busy), the rest
+    of mx2 (Postfix, its pipe clients, the milter) is SIGKILLed too. The sender defers the
+    cut transaction ("may be sent more than once") and retries it; new mail goes to mx1
+    at once; mx2's queue waits on disk and drains once mx2 is started again."""
+    from milter_harness import rsa_key
+
     tag = f"kill-{uuid.uuid4().hex[:6]}"
     window = hosts.window()
-    items = MessageFactory(tag, LOAD_ORGS).make(KILL_MESSAGES)
+    factory = MessageFactory(tag, LOAD_ORGS)
+    items = factory.make(KILL_MESSAGES)
     load = SmtpLoad(hosts.sender.address, 25, sessions=6, per_connection=10)
     load.start(items, rate=KILL_RATE)
     mx2 = hosts.mx["mx2"]
     wait_for(lambda: hosts.delivered("mx2", window) >= 40, 120, "mx2 delivering", interval=0.2)
     hosts.kill("mx2", "deliver")
     wait_for(lambda: queue_files(mx2) >= 10, 120, "mail queued on mx2", interval=0.2)
+    # Messages whose DKIM key look-up gets no answer: the milter holds each at end of data
+    # for its look-up budget, so the sender waits for the reply to "." when mx2 dies.
+    key = rsa_key("slow", SLOW_DOMAIN, bits=1024)
+    slow = factory.make(SLOW_MESSAGES)
+    for item in slow:
+        item.raw = key.sign(item.raw)
+    hosts.dns.unresponsive(SLOW_DOMAIN)
+    load.add(slow)
+    slow_ids = {item.message_id for item in slow}
+    wait_for(
+        lambda: at_end_of_data(hosts.maillog_of("mx2", window), slow_ids),
+        120,
+        "a transaction held at end of data on mx2",
+        interval=0.05,
+    )
     killed_at = time.time()
+    before_kill = hosts.window()
     killed = hosts.crash("mx2")
     held = queue_files(mx2)
     hosts.log(f"mx2 crashed ({killed} processes) holding {held} queued messages")
@@ -664,9 +701,11 @@ def test_host_killed_mid_load_sender_fails_over_and_its_queue_drains(hosts: Host
     hosts.start_host("mx2", ["deliver", "milter", "postfix"])
     # Its queue as Postfix sees it (a file cut mid-DATA by the kill was never a message).
     drained = poll_until(lambda: not mx2.postqueue(), 300, 0.5)
-    drain = hosts.wait_finished(tag, [], KILL_MESSAGES, timeout=300)
+    drain = hosts.wait_finished(tag, [], KILL_MESSAGES + SLOW_MESSAGES, timeout=300)
+    with hosts.dns.lock:
+        hosts.dns.unresponsive_zones.discard(SLOW_DOMAIN)
     figures = hosts.account(
-        Figures(f"MH-C mx2 killed mid-load, {KILL_MESSAGES} via sending Postfix"),
+        Figures(f"MH-C mx2 killed mid-load, {KILL_MESSAGES + SLOW_MESSAGES} via a sending MTA"),
         window,
         tag=tag,
         load=load,
@@ -676,11 +715,17 @@ def test_host_killed_mid_load_sender_fails_over_and_its_queue_drains(hosts: Host
     relays: dict[str, int] = {}
     for relay in SENDER_SENT.findall(sender_log):
         relays[relay] = relays.get(relay, 0) + 1
-    in_flight = len(set(SENDER_DEFERRED.findall(hosts.maillog_of("sender", after_kill))))
+    since_kill = hosts.maillog_of("sender", before_kill)
+    deferred = len(set(SENDER_DEFERRED.findall(since_kill)))
+    cut = dict(SENDER_CUT.findall(since_kill))
+    at_eod = {qid for qid, step in cut.items() if step.startswith("sending end of data")}
+    sent_via = dict(SENDER_SENT_VIA.findall(since_kill))
     figures.notes.append(
         f"mx2 SIGKILLed ({killed} processes, worker spared) holding {held} queued; sender"
-        f" relayed {relays}; {in_flight} in flight at the kill deferred by the sender and"
-        f" retried; mx1 delivered {by_mx1} after the kill; mx2's queue drained"
+        f" relayed {relays}; the kill cut {len(cut)} of its sessions with mx2"
+        f" ({len(at_eod)} waiting for the reply to end of data: 'may be sent more than"
+        f" once'), each sent on via {sorted(set(sent_via.get(q, '-') for q in cut))};"
+        f" {deferred} deferred; mx1 delivered {by_mx1} after the kill; mx2's queue drained"
         f" {'-' if drained is None else f'{drained:.1f}s'} after its restart"
         f" ({time.monotonic() - restarted:.1f}s to all PARSED)"
     )
@@ -690,8 +735,21 @@ def test_host_killed_mid_load_sender_fails_over_and_its_queue_drains(hosts: Host
     assert by_mx1 > 0 and relays.get("mx1", 0) > 0 and relays.get("mx2", 0) > 0
     assert drained is not None, f"mx2's queue did not drain: {queue_files(mx2)}"
     assert drain is not None, f"not finished: queues {hosts.queue_counts()}"
-    check_clean(figures, KILL_MESSAGES)
+    assert at_eod, cut  # a transaction was cut after its data: the sender could not know
+    assert {sent_via.get(queue_id) for queue_id in cut} == {"mx1"}, (cut, sent_via)
+    check_clean(figures, KILL_MESSAGES + SLOW_MESSAGES)  # and yet one row each
     assert not hosts.log_problems(window, markers=('"delivery.internal_error"', "Traceback"))
+
+
+def at_end_of_data(maillog: str, message_ids: set[str]) -> bool:
+    """Whether one of these messages has been received whole by cleanup (its Message-ID
+    logged) but not queued yet: the milters' end-of-message step, the sender waiting."""
+    received = {
+        queue_id
+        for queue_id, message_id in CLEANUP_MESSAGE_ID.findall(maillog)
+        if message_id in message_ids
+    }
+    return bool(received - set(QMGR_QUEUED.findall(maillog)))
 
 
 def mx2_free_queue(hosts: Hosts) -> bool:
