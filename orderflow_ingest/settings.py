@@ -566,6 +566,11 @@ SETTINGS: tuple[Setting, ...] = (
 _BY_NAME = {setting.name: setting for setting in SETTINGS}
 
 
+def attribute_name(setting: str) -> str:
+    """The Settings attribute of a setting: `ORDERFLOW_DATABASE_URL` -> `database_url`."""
+    return setting.removeprefix("ORDERFLOW_").lower()
+
+
 def read_env_file(path: str) -> dict[str, str]:
     """Parse ``KEY=value`` lines; quotes around a value are removed, nothing is expanded."""
     values: dict[str, str] = {}
@@ -597,33 +602,91 @@ def config_path(explicit: str | None = None) -> str | None:
 
 
 class Settings:
-    """Validated settings; attribute names are the setting names without ORDERFLOW_, lower-case."""
+    """Validated settings: one typed attribute per row of SETTINGS, named after the setting
+    without ORDERFLOW_, lower-case (`settings.database_url`). A misspelt name is a mypy error
+    and an AttributeError, never a silent None; tests/test_settings.py checks that the
+    annotations below and the table agree, row for row and type for type."""
+
+    database_url: str
+    migrate_database_url: str
+    redis_url: str
+    s3_endpoint_url: str
+    s3_bucket: str
+    s3_access_key: str
+    s3_secret_key: str
+    s3_region: str
+    backend_timeout: float
+    ingest_domains: tuple[str, ...]
+    local_part: str
+    deliver_socket: str
+    deliver_socket_group: str
+    deliver_timeout: float
+    spool_dir: str
+    min_free_mb: int
+    max_header_bytes: int
+    deliver_workers: int
+    attachment_queue: str
+    extraction_queue: str
+    extraction_function: str
+    job_timeout: int
+    max_mime_depth: int
+    max_documents_per_message: int
+    milter_socket: str
+    authserv_id: str
+    dmarc_policy: str
+    tempfail_on_dns_error: bool
+    dns_timeout: float
+    dns_servers: tuple[str, ...]
+    dns_cache_bytes: int
+    dns_cache_max_ttl: int
+    public_suffix_list: str
+    dkim_l_policy: str
+    org_cache_ttl: float
+    domain_mx_hosts: tuple[str, ...]
+    domain_confirmations: int
+    domain_mx_grace: float
+    domain_check_interval: float
+    milter_lookup_timeout: float
+    milter_user: str
+    milter_socket_group: str
+    webhook_retry_schedule: tuple[float, ...]
+    webhook_jitter: float
+    webhook_retry_after_max: float
+    webhook_disable_after: float
+    webhook_secret_grace: float
+    webhook_connect_timeout: float
+    webhook_timeout: float
+    webhook_allow: tuple[str, ...]
+    webhook_require_https: bool
+    webhook_concurrency: int
+    webhook_poll_interval: float
+    api_base_url: str
+    event_retention_days: int
+    retention_days: int
+    api_listen: str
+    api_allow_public_bind: bool
+    api_link_ttl: int
+    inbox_public_url: str
+    inbox_smtp_url: str
+    inbox_mail_from: str
+    inbox_link_ttl: int
+    inbox_session_hours: int
+    inbox_cookie_secure: bool
+    metrics_listen: str
+    metrics_host: str
+    postfix_config_dir: str
+    log_level: str
+    log_file: str
 
     def __init__(self, values: Mapping[str, Any], source: str | None):
         self._values = dict(values)
         self.source = source
-
-    def __getattr__(self, attribute: str) -> Any:
-        try:
-            return self._values["ORDERFLOW_" + attribute.upper()]
-        except KeyError:
-            raise AttributeError(attribute) from None
+        for name, value in self._values.items():
+            if name in _BY_NAME:
+                setattr(self, attribute_name(name), value)
 
     def as_dict(self) -> dict[str, Any]:
         return dict(self._values)
-
-    # Typed accessors for the settings read most; the rest go through __getattr__.
-    database_url: str
-    redis_url: str
-    s3_bucket: str
-    ingest_domains: tuple[str, ...]
-    local_part: str
-    spool_dir: str
-    min_free_mb: int
-    deliver_socket: str
-    deliver_timeout: float
-    backend_timeout: float
-    domain_mx_hosts: tuple[str, ...]
 
     @property
     def migrate_url(self) -> str:
@@ -635,7 +698,7 @@ class Settings:
 
     @property
     def effective_authserv_id(self) -> str:
-        return self._values["ORDERFLOW_AUTHSERV_ID"] or self.ingest_domains[0]
+        return self.authserv_id or self.ingest_domains[0]
 
 
 def load_settings(

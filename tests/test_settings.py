@@ -1,10 +1,17 @@
 """Settings: one place, validated at start, errors that name the setting."""
 
+import typing
 from pathlib import Path
 
 import pytest
 
-from orderflow_ingest.settings import SETTINGS, SettingsError, load_settings
+from orderflow_ingest.settings import (
+    SETTINGS,
+    Settings,
+    SettingsError,
+    attribute_name,
+    load_settings,
+)
 
 REQUIRED = {
     "ORDERFLOW_DATABASE_URL": "postgresql://app@127.0.0.1/db",
@@ -78,3 +85,29 @@ def test_every_setting_documents_itself() -> None:
     assert len(names) == len(set(names))
     for setting in SETTINGS:
         assert setting.name.startswith("ORDERFLOW_") and len(setting.doc) > 10
+
+
+def test_every_setting_is_a_typed_attribute_and_every_attribute_a_setting() -> None:
+    # The table is the reference; Settings' annotations are what mypy reads. They must agree
+    # row for row, in name and type (the parser's return type), so a misspelt setting is a
+    # mypy error rather than an AttributeError at run time.
+    declared = typing.get_type_hints(Settings)
+    rows = {attribute_name(setting.name): setting for setting in SETTINGS}
+    missing = [
+        f"    {name}: {typing.get_type_hints(row.parse)['return']}"
+        for name, row in rows.items()
+        if name not in declared
+    ]
+    assert not missing, "add to class Settings:\n" + "\n".join(missing)
+    assert sorted(set(declared) - set(rows)) == []  # an annotation without a table row
+    for name, row in rows.items():
+        assert declared[name] == typing.get_type_hints(row.parse)["return"], name
+
+
+def test_loaded_settings_hold_every_value_as_its_declared_type() -> None:
+    settings = load_settings("/dev/null", environ=REQUIRED)
+    for name, hint in typing.get_type_hints(Settings).items():
+        assert isinstance(getattr(settings, name), typing.get_origin(hint) or hint), name
+    assert settings.as_dict()["ORDERFLOW_S3_BUCKET"] == settings.s3_bucket == "orders-raw"
+    with pytest.raises(AttributeError):
+        settings.s3_buckett  # type: ignore[attr-defined]  # noqa: B018
