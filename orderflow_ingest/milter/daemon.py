@@ -99,7 +99,7 @@ def build_milter_config(settings: Settings, psl: Any) -> tuple[Any, Any]:
     from orderflow_ingest.db import make_pool
     from orderflow_ingest.milter.dns import DnspythonSource
     from orderflow_ingest.milter.handler import MilterConfig
-    from orderflow_ingest.milter.recipients import OrgDirectory, pool_lookup
+    from orderflow_ingest.milter.recipients import OrgDirectory, pool_domain_lookup, pool_lookup
 
     pool = make_pool(settings, max_size=DB_POOL_SIZE, name="milter")
     pool.open(wait=False)  # the milter starts (and answers 451) while the database is down
@@ -108,7 +108,9 @@ def build_milter_config(settings: Settings, psl: Any) -> tuple[Any, Any]:
         local_part=settings.local_part,
         domains=settings.ingest_domains,
         directory=OrgDirectory(
-            pool_lookup(pool, settings.milter_lookup_timeout), ttl=settings.org_cache_ttl
+            pool_lookup(pool, settings.milter_lookup_timeout),
+            ttl=settings.org_cache_ttl,
+            domain_lookup=pool_domain_lookup(pool, settings.milter_lookup_timeout),
         ),
         dns=DnspythonSource(
             settings.dns_servers,

@@ -215,9 +215,9 @@ class OrderflowMilter(Milter.Base):
             reason=verdict.reason,
         )
         if verdict.decision == "reject":
-            return self._answer(replies.UNKNOWN_RECIPIENT)
+            return self._answer(verdict.reply or replies.UNKNOWN_RECIPIENT)
         if verdict.decision == "tempfail":
-            return self._answer(replies.BACKEND_UNAVAILABLE)
+            return self._answer(verdict.reply or replies.BACKEND_UNAVAILABLE)
         self.message.recipients.append(recipient)
         if verdict.slug:
             self.message.slugs.append(verdict.slug)

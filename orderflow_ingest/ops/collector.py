@@ -457,6 +457,7 @@ class OrderflowCollector(Collector):
         )
         families += self._run("postgres", self._ingest, up)
         families += self._run("postgres", self._webhooks, up)
+        families += self._run("postgres", self._domains, up)
         if sources.postfix_config_dir:
             families += self._run("postfix", lambda: postfix_families(self._postfix.get()), up)
         families += self._run("disk", self._disks, up)
@@ -493,6 +494,13 @@ class OrderflowCollector(Collector):
         with self._sources.database() as conn:
             row = conn.execute(WEBHOOK_SQL).fetchone()
         return webhook_families(row)
+
+    def _domains(self) -> list[Metric]:
+        from orderflow_ingest.domains.gauges import DOMAIN_SQL, domain_families
+
+        with self._sources.database() as conn:
+            rows = conn.execute(DOMAIN_SQL).fetchall()
+        return domain_families(rows)
 
     def _s3(self) -> list[Metric]:
         assert self._sources.s3_probe is not None

@@ -23,7 +23,7 @@ from botocore.exceptions import BotoCoreError, ClientError
 from psycopg_pool import PoolTimeout
 
 from orderflow_ingest import events, headertext, messages, metrics, storage
-from orderflow_ingest.addressing import org_slug
+from orderflow_ingest.addressing import custom_domain_parts, org_slug
 from orderflow_ingest.auth_verdicts import parse_our_verdicts
 from orderflow_ingest.db import Conn, Pool, is_broken_connection
 from orderflow_ingest.job_queue import enqueue_extract_attachments
@@ -201,7 +201,8 @@ def deliver(backends: Backends, envelope: Envelope, message: SpooledMessage) -> 
     slug = org_slug(envelope.recipient, settings.local_part, settings.ingest_domains)
     content = read_facts(message, settings)
     context["message_id"] = content.facts.message_id
-    if slug is None:
+    custom = custom_domain_parts(envelope.recipient, settings.ingest_domains)
+    if slug is None and custom is None:
         log_event("delivery.unknown_recipient", logging.WARNING, **context)
         return Outcome.UNKNOWN_ORG
     try:
@@ -235,11 +236,20 @@ def _deliver(
     envelope: Envelope,
     message: SpooledMessage,
     content: ContentFacts,
-    slug: str,
+    slug: str | None,
     context: dict[str, Any],
 ) -> Outcome:
     facts, malformed = content.facts, content.malformed
     with backends.pool.connection() as conn:
+        if slug is None:  # a custom domain's recipient (issue 13): its org from the database
+            from orderflow_ingest.domains.store import org_slug_for_recipient
+
+            local, domain = custom_domain_parts(envelope.recipient, ()) or ("", "")
+            slug = org_slug_for_recipient(conn, local, domain)
+            if slug is None:
+                conn.rollback()
+                log_event("delivery.unknown_recipient", logging.WARNING, **context)
+                return Outcome.UNKNOWN_ORG
         with metrics.timed("orderflow_db_seconds", operation="org_lookup"):
             org = org_lifecycle(conn, slug)
         if org is None or org["deleted_at"] is not None:
