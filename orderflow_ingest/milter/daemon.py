@@ -97,6 +97,7 @@ def load_public_suffix_list(settings: Settings) -> Any:
 def build_milter_config(settings: Settings, psl: Any) -> tuple[Any, Any]:
     """(MilterConfig, pool): the services every connection shares."""
     from orderflow_ingest.db import make_pool
+    from orderflow_ingest.diskspace import guard_for
     from orderflow_ingest.milter.dns import DnspythonSource
     from orderflow_ingest.milter.handler import MilterConfig
     from orderflow_ingest.milter.recipients import OrgDirectory, pool_domain_lookup, pool_lookup
@@ -123,6 +124,7 @@ def build_milter_config(settings: Settings, psl: Any) -> tuple[Any, Any]:
         max_header_bytes=settings.max_header_bytes,
         psl=psl,
         dkim_l_policy=settings.dkim_l_policy,
+        headroom=guard_for(settings, postfix_queue=True),
     )
     return config, pool
 
@@ -341,6 +343,8 @@ def serve(settings: Settings) -> int:
         public_suffix_list=settings.public_suffix_list,
         tempfail_on_dns_error=settings.tempfail_on_dns_error,
         dns_timeout=settings.dns_timeout,
+        disk_paths=config.headroom.paths if config.headroom else None,
+        disk_min_free_bytes=config.headroom.min_free if config.headroom else None,
         uid=os.getuid(),
     )
     server = _Server()

@@ -1,7 +1,8 @@
 """The milter: one instance per SMTP connection, driven by libmilter's callbacks.
 
   connect/helo   remember the client (observation only: @Milter.noreply)
-  MAIL FROM      start a new message: all per-message state is reset here
+  MAIL FROM      start a new message: all per-message state is reset here; 452 4.3.1 while
+                 the spool or Postfix's queue file system is under ORDERFLOW_MIN_FREE_MB
   RCPT TO        our domains: known active org -> continue; unknown, disabled, no +slug ->
                  550 5.1.1; database unreachable -> 451 4.3.0. Other domains: Postfix decides.
   DATA           SPF of the client IP, HELO and envelope sender (run here rather than at MAIL
@@ -28,6 +29,7 @@ import Milter
 
 from orderflow_ingest import metrics
 from orderflow_ingest.auth_verdicts import claims
+from orderflow_ingest.diskspace import HeadroomGuard
 from orderflow_ingest.logs import log_event
 from orderflow_ingest.milter import replies
 from orderflow_ingest.milter.authresults_header import HEADER_NAME, header_value, indices_to_remove
@@ -69,6 +71,7 @@ class MilterConfig:
     max_header_bytes: int
     psl: PublicSuffixList  # ORDERFLOW_PUBLIC_SUFFIX_LIST, loaded at start (no fallback)
     dkim_l_policy: str = "record"  # ORDERFLOW_DKIM_L_POLICY
+    headroom: HeadroomGuard | None = None  # ORDERFLOW_MIN_FREE_MB: 452 at MAIL FROM
     sample: Callable[[], float] = random.random  # DMARC pct= sampling
 
 
@@ -189,10 +192,26 @@ class OrderflowMilter(Milter.Base):
 
     # -- envelope --------------------------------------------------------------------------
 
-    @Milter.noreply
-    @_observing
+    @_replying
     def envfrom(self, sender: str, *params: str) -> int:
         self.message = MessageState(sender=sender.strip().strip("<>"))
+        # Back-pressure (issue 13): 452 while the spool or Postfix's queue is short of space.
+        # short() is a cached statvfs that never raises; unknown free space accepts.
+        short = self.config.headroom.short() if self.config.headroom is not None else None
+        if short is not None:
+            metrics.count(DECISIONS, decision="tempfail", reason="insufficient_storage")
+            log_event(
+                "milter.mail",
+                logging.WARNING,
+                queue_id=self._queue_id(),
+                client_ip=self.client_ip,
+                sender=self.message.sender or "<>",
+                decision="tempfail",
+                reason="insufficient_storage",
+                purpose=short.purpose,
+                free_bytes=short.free_bytes,
+            )
+            return self._answer(replies.INSUFFICIENT_STORAGE)
         return Milter.CONTINUE
 
     @_replying

@@ -301,7 +301,9 @@ def disk_usage(purpose: str, path: str) -> DiskUsage:
     return DiskUsage(purpose, path, stat.f_bavail * stat.f_frsize, stat.f_blocks * stat.f_frsize)
 
 
-def disk_families(usages: list[DiskUsage]) -> list[Metric]:
+def disk_families(usages: list[DiskUsage], min_free: int = 0) -> list[Metric]:
+    """Free and total bytes; with a threshold (ORDERFLOW_MIN_FREE_MB), that too, so an alert
+    can compare the two: under it the milter answers 452 at MAIL FROM (issue 13)."""
     free = GaugeMetricFamily(
         "orderflow_disk_free_bytes",
         "Bytes an unprivileged process may still write (spool and Postfix queue).",
@@ -310,10 +312,16 @@ def disk_families(usages: list[DiskUsage]) -> list[Metric]:
     size = GaugeMetricFamily(
         "orderflow_disk_size_bytes", "Size of the file system.", labels=["purpose", "path"]
     )
+    threshold = GaugeMetricFamily(
+        "orderflow_disk_min_free_bytes",
+        "ORDERFLOW_MIN_FREE_MB in bytes: under it the milter answers 452 and deliver defers.",
+        labels=["purpose", "path"],
+    )
     for usage in usages:
         free.add_metric([usage.purpose, usage.path], usage.free_bytes)
         size.add_metric([usage.purpose, usage.path], usage.size_bytes)
-    return [free, size]
+        threshold.add_metric([usage.purpose, usage.path], min_free)
+    return [free, size, threshold] if min_free > 0 else [free, size]
 
 
 class TimedCache:
@@ -394,6 +402,8 @@ class Sources:
     listeners: dict[str, str] = field(default_factory=dict)
     # The smtpd certificate's path (postconf smtpd_tls_cert_file); None: no Postfix here.
     certificate: Callable[[], str] | None = None
+    # ORDERFLOW_MIN_FREE_MB in bytes (0: no threshold exported).
+    disk_min_free: int = 0
 
 
 class OrderflowCollector(Collector):
@@ -523,4 +533,4 @@ class OrderflowCollector(Collector):
                 failures.append(f"{purpose}: {error}")
         if failures and not usages:
             raise OSError("; ".join(failures))
-        return disk_families(usages)
+        return disk_families(usages, self._sources.disk_min_free)

@@ -445,8 +445,13 @@ def queue(
 
 def doctor(
     min_free_mb: Annotated[
-        int, typer.Option(help="Fail when the spool or Postfix queue disk has less free (MiB).")
-    ] = 1024,
+        int | None,
+        typer.Option(
+            help="Fail when the spool or Postfix queue disk has less free (MiB)."
+            " Default: ORDERFLOW_MIN_FREE_MB, where the milter starts answering 452.",
+            show_default=False,
+        ),
+    ] = None,
     config: ConfigOption = None,
     as_json: JsonOption = False,
 ) -> None:
@@ -467,7 +472,8 @@ def doctor(
         failed = ops.Check("settings", ops.FAIL, str(error))
         typer.echo(_dump([failed.as_dict()]) if as_json else failed.line())
         raise typer.Exit(EXIT_FAILURE) from None
-    checks = ops.run_checks(settings, min_free=min_free_mb * 1024 * 1024)
+    min_free = None if min_free_mb is None else min_free_mb * 1024 * 1024
+    checks = ops.run_checks(settings, min_free=min_free)
     if as_json:
         typer.echo(_dump([check.as_dict() for check in checks]))
     else:

@@ -23,6 +23,7 @@ from prometheus_client import start_http_server
 from prometheus_client.process_collector import ProcessCollector
 from prometheus_client.registry import CollectorRegistry
 
+from orderflow_ingest.diskspace import min_free_bytes
 from orderflow_ingest.logs import log_event, setup_logging
 from orderflow_ingest.ops.collector import (
     SOURCE_TIMEOUT,
@@ -152,6 +153,7 @@ def make_collector(settings: Settings, postfix_cache_seconds: float | None = Non
         metrics_host=settings.metrics_host,
         s3_probe=_s3_probe(settings),
         certificate=certificate,
+        disk_min_free=min_free_bytes(settings.min_free_mb),
         listeners=(
             {"milter": settings.milter_socket, "deliver_service": settings.deliver_socket}
             if has_postfix

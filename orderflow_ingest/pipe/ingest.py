@@ -116,28 +116,32 @@ def spool(chunks: Iterator[bytes], settings: Settings) -> SpooledMessage:
     spooled = tempfile.SpooledTemporaryFile(  # noqa: SIM115 - returned to the caller, who closes it
         max_size=IN_MEMORY_LIMIT, dir=settings.spool_dir, prefix="msg-"
     )
-    digest = hashlib.sha256()
-    body = _LfDigest()
-    size = 0
-    head = b""
-    header_block: bytes | None = None
-    limit = settings.max_header_bytes
-    for chunk in chunks:
-        spooled.write(chunk)
-        digest.update(chunk)
-        if header_block is not None:
-            body.update(chunk)
-        elif len(head) <= limit:
-            head += chunk[: limit + 4 - len(head)]
-            header_block = headers.split_header_block(head)
-            if header_block is not None:  # the block ends inside this chunk
-                body.update(chunk[len(header_block) - size :])
-        size += len(chunk)
-    if header_block is None and len(head) <= limit and head:
-        header_block = head  # a message that is all headers and no body
-    spooled.seek(0)
-    body_sha256 = body.hexdigest() if header_block is not None else ""
-    return SpooledMessage(spooled, digest.hexdigest(), size, header_block, body_sha256)
+    try:
+        digest = hashlib.sha256()
+        body = _LfDigest()
+        size = 0
+        head = b""
+        header_block: bytes | None = None
+        limit = settings.max_header_bytes
+        for chunk in chunks:
+            spooled.write(chunk)
+            digest.update(chunk)
+            if header_block is not None:
+                body.update(chunk)
+            elif len(head) <= limit:
+                head += chunk[: limit + 4 - len(head)]
+                header_block = headers.split_header_block(head)
+                if header_block is not None:  # the block ends inside this chunk
+                    body.update(chunk[len(header_block) - size :])
+            size += len(chunk)
+        if header_block is None and len(head) <= limit and head:
+            header_block = head  # a message that is all headers and no body
+        spooled.seek(0)
+        body_sha256 = body.hexdigest() if header_block is not None else ""
+        return SpooledMessage(spooled, digest.hexdigest(), size, header_block, body_sha256)
+    except BaseException:  # ENOSPC mid-write (issue 13): free the file, and its disk, now
+        spooled.close()
+        raise
 
 
 @dataclass(frozen=True)

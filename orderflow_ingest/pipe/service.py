@@ -9,6 +9,7 @@ message; if the service itself is down, the client answers 75 on its own.
 from __future__ import annotations
 
 import cProfile
+import errno
 import grp
 import logging
 import os
@@ -24,6 +25,7 @@ from contextlib import suppress
 
 from orderflow_ingest import metrics, storage
 from orderflow_ingest.db import make_pool
+from orderflow_ingest.diskspace import HeadroomGuard, guard_for, is_out_of_space
 from orderflow_ingest.job_queue import make_redis
 from orderflow_ingest.logs import log_event, reopen_logs, setup_logging
 from orderflow_ingest.outcomes import EX_CONFIG, Outcome
@@ -33,6 +35,8 @@ from orderflow_ingest.pipe.protocol import CHUNK, Decoder, TooLarge, WireError, 
 from orderflow_ingest.settings import Settings, SettingsError
 
 SOCKET_MODE = 0o660
+# The 75 answer when the spool is short of space (pipe(8) logs it with the deferral).
+NO_SPACE_TEXT = "temporary failure (insufficient system storage), try again later"
 # A path: profile every delivery with cProfile and write the merged stats there on stop
 # (bench/drain_vs_peer.py --profile). Unset in production.
 PROFILE_ENV = "DELIVER_SERVICE_PROFILE"
@@ -134,14 +138,22 @@ class Connection:
             self.error = error
 
 
-def handle(backends: Backends, conn: socket.socket, max_message: int) -> None:
+def handle(
+    backends: Backends,
+    conn: socket.socket,
+    max_message: int,
+    headroom: HeadroomGuard | None = None,
+) -> None:
     """One delivery; whatever happens, the client gets one reply line if it is still there.
 
     Nothing is handed to deliver() (no row, no S3 object) unless the whole message arrived,
-    as the trailer proves; anything less answers 75 and Postfix retries the whole message."""
+    as the trailer proves; anything less answers 75 and Postfix retries the whole message.
+    A spool under ORDERFLOW_MIN_FREE_MB (`headroom`), or a spool write that finds the disk
+    full, also answers 75 before anything is stored: the retry spools the message whole."""
     started = time.monotonic()
     outcome = Outcome.INTERNAL_ERROR
     label: str | None = None
+    text: str | None = None
     connection = Connection(conn, backends.settings.deliver_timeout, max_message)
     try:
         try:
@@ -151,6 +163,9 @@ def handle(backends: Backends, conn: socket.socket, max_message: int) -> None:
             with suppress(OSError):
                 conn.close()
             return
+        short = headroom.short() if headroom is not None else None
+        if short is not None:
+            raise OSError(errno.ENOSPC, f"{short.free_bytes} bytes free, under the threshold")
         message = spool(connection.message_pieces(first), backends.settings)
         try:
             if connection.error is not None:
@@ -160,14 +175,37 @@ def handle(backends: Backends, conn: socket.socket, max_message: int) -> None:
             message.file.close()
     except (WireError, DeadlinePassed) as error:
         outcome, label = _refused(error, connection)
+    except OSError as error:
+        if not is_out_of_space(error):
+            log_event("delivery.internal_error", logging.ERROR, exc_info=True)
+        else:
+            outcome, label, text = _out_of_space(error, connection)
     except Exception:
         log_event("delivery.internal_error", logging.ERROR, exc_info=True)
     metrics.count("orderflow_deliveries_total", outcome=label or outcome.name.lower())
     metrics.observe("orderflow_delivery_seconds", time.monotonic() - started)
     with suppress(OSError):
-        conn.sendall(format_reply(outcome.exit_status, outcome.text))
+        conn.sendall(format_reply(outcome.exit_status, text or outcome.text))
     with suppress(OSError):
         conn.close()
+
+
+def _out_of_space(error: OSError, connection: Connection) -> tuple[Outcome, str, str]:
+    """The spool is short of space (under the threshold, or a write hit ENOSPC): nothing was
+    stored. Read the rest of the message into nothing, so the client gets our answer (75) and
+    not a broken pipe, and let Postfix retry the whole message later."""
+    for _piece in connection.message_pieces([]):
+        pass  # discarded; the connection's deadline still bounds this
+    envelope = connection.decoder.envelope
+    log_event(
+        "delivery.deferred_no_space",
+        logging.WARNING,
+        error=error.strerror,
+        received_bytes=connection.decoder.total,
+        queue_id=envelope.queue_id if envelope else None,
+        recipient=envelope.recipient if envelope else None,
+    )
+    return Outcome.BACKEND_UNAVAILABLE, "insufficient_storage", NO_SPACE_TEXT
 
 
 def _refused(error: Exception, connection: Connection) -> tuple[Outcome, str]:
@@ -233,6 +271,7 @@ def serve(settings: Settings) -> int:
     )
     metrics.configure(redis_client, host=settings.metrics_host)
     listener = bind_socket(settings)
+    headroom = guard_for(settings, postfix_queue=False)
     stopping = threading.Event()
 
     def on_term(signum: int, frame: object) -> None:
@@ -251,6 +290,7 @@ def serve(settings: Settings) -> int:
         workers=workers,
         max_message=limits.max_message,
         pipe_time_limit=limits.time_limit,
+        spool_min_free_bytes=headroom.min_free,
     )
     slots = threading.BoundedSemaphore(workers)
     profile_path = os.environ.get(PROFILE_ENV)
@@ -268,9 +308,9 @@ def serve(settings: Settings) -> int:
             def run(conn: socket.socket = conn) -> None:
                 try:
                     if profiles is not None:
-                        profiles.run(lambda: handle(backends, conn, limits.max_message))
+                        profiles.run(lambda: handle(backends, conn, limits.max_message, headroom))
                     else:
-                        handle(backends, conn, limits.max_message)
+                        handle(backends, conn, limits.max_message, headroom)
                 finally:
                     slots.release()
 
