@@ -133,15 +133,15 @@ def test_rcpt_answers_through_libmilter_with_the_database_down(
         )
         assert time.monotonic() - started < 5
         assert client.rcpt("orders@orders.test") == "550 5.1.1 Unknown recipient"  # no DB needed
-        assert client.rcpt("someone@elsewhere.test") == "continue"
+        # Another domain may be a custom domain (Postfix only lets relay domains through to
+        # us): with the database down that is unknown, so it waits too rather than passing.
+        assert (
+            client.rcpt("someone@elsewhere.test") == "451 4.3.0 temporary failure, try again later"
+        )
     finally:
         client.close()
     rcpt_events = [e for e in all_events(directory) if e["event"] == "milter.rcpt"]
-    assert {e["reason"] for e in rcpt_events} == {
-        "database_unavailable",
-        "no_slug",
-        "other_domain",
-    }
+    assert {e["reason"] for e in rcpt_events} == {"database_unavailable", "no_slug"}
     assert rcpt_events[0]["queue_id"] == "TESTQUEUEID"
 
 
@@ -158,7 +158,7 @@ def test_sighup_reopens_the_log_and_keeps_serving(
     client.negotiate()
     client.connect()
     client.mail("a@sender.test")
-    assert client.rcpt("x@elsewhere.test") == "continue"
+    assert client.rcpt("orders@orders.test") == "550 5.1.1 Unknown recipient"  # no DB needed
     client.close()
 
 
