@@ -100,6 +100,20 @@ def _stack_dir() -> Path:
     return base
 
 
+@pytest.fixture(scope="module")
+def pyspf_through_budget() -> Iterator[None]:
+    """What the milter's start-up does for in-process milter tests (spf_check.install());
+    undone after the module, so other tests see pyspf as shipped."""
+    import spf
+
+    from orderflow_ingest.milter import spf_check
+
+    original = spf.DNSLookup
+    spf_check.install()
+    yield
+    spf.DNSLookup = original
+
+
 @pytest.fixture(scope="session")
 def make_stack(request: pytest.FixtureRequest) -> Iterator[StackFactory]:
     """Start a stack with the given StackOptions fields; all are stopped at session end."""

@@ -20,6 +20,8 @@ from orderflow_ingest.milter.orgdomain import (
 )
 from orderflow_ingest.milter.spf_check import check_spf
 
+pytestmark = pytest.mark.usefixtures("pyspf_through_budget")
+
 
 @pytest.fixture(scope="module")
 def server() -> Iterator[LoopbackDns]:

@@ -48,6 +48,9 @@ class Orgs:
         return self.status.get(slug, OrgStatus.UNKNOWN)
 
 
+pytestmark = pytest.mark.usefixtures("pyspf_through_budget")
+
+
 @pytest.fixture
 def dns() -> FakeDns:
     fake = FakeDns()

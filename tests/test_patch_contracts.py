@@ -258,6 +258,29 @@ def test_pyspf_looks_up_dns_through_its_module_global() -> None:
     assert hasattr(spf, "TempError") and issubclass(spf.TempError, Exception)
 
 
+def test_pyspf_lookup_is_replaced_only_at_start() -> None:
+    """Importing spf_check leaves pyspf alone; install() (the milter's start) routes it."""
+    import subprocess
+    import sys
+
+    script = textwrap.dedent(
+        """
+        import spf
+        before = spf.DNSLookup
+        from orderflow_ingest.milter import daemon, handler, spf_check
+        assert spf.DNSLookup is before
+        spf_check.install()
+        spf_check.install()
+        assert spf.DNSLookup is spf_check._budgeted_lookup
+        assert spf_check._original_lookup is before
+        """
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", script], capture_output=True, text=True, timeout=60, check=False
+    )
+    assert result.returncode == 0, result.stderr
+
+
 @pytest.mark.parametrize(
     ("package", "bound"),
     [("dkimpy", "<1.2"), ("pymilter", "<1.1"), ("rq", "<3.1"), ("pyspf", "<2.1")],

@@ -17,11 +17,12 @@ def milter(
     Example: orderflow-ingest milter --config /etc/orderflow/ingest.env
     """
     from orderflow_ingest.cli_support import settings_or_exit
-    from orderflow_ingest.milter import dkimpy_fast
+    from orderflow_ingest.milter import dkimpy_fast, spf_check
     from orderflow_ingest.milter.daemon import serve
 
     settings = settings_or_exit(config)
     dkimpy_fast.install()  # dkimpy's RSA through OpenSSL: installed at start, never at import
+    spf_check.install()  # pyspf's DNS through our budgeted resolver, likewise
     raise typer.Exit(serve(settings))
 
 

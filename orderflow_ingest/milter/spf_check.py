@@ -1,10 +1,11 @@
 """SPF (RFC 7208) of the envelope sender, or of the HELO name for the null sender.
 
-pyspf does its DNS through the module-level function `spf.DNSLookup`. We replace it once, at
-import, with a dispatcher that sends each look-up to the DnsBudget of the check running in the
-*current thread* (libmilter runs one thread per connection), so every SPF look-up draws from
-that check's total budget and uses our resolver. A thread without a check in progress gets
-pyspf's original lookup, so other users of pyspf in the process are unaffected.
+pyspf does its DNS through the module-level function `spf.DNSLookup`. `install()`, called
+once when the milter starts (never at import), replaces it with a dispatcher that sends each
+look-up to the DnsBudget of the check running in the *current thread* (libmilter runs one
+thread per connection), so every SPF look-up draws from that check's total budget and uses our
+resolver. A thread without a check in progress gets pyspf's original lookup, so other users of
+pyspf in the process are unaffected.
 """
 
 from __future__ import annotations
@@ -35,7 +36,10 @@ def _budgeted_lookup(name: str, qtype: str, *args: Any, **kwargs: Any) -> list[A
     return [((name, qtype), record) for record in records]
 
 
-spf.DNSLookup = _budgeted_lookup
+def install() -> None:
+    """Route pyspf's look-ups through the running check's budget (tests/test_patch_contracts.py
+    fails loudly if a pyspf upgrade moves the function it replaces)."""
+    spf.DNSLookup = _budgeted_lookup
 
 
 @dataclass(frozen=True)
