@@ -35,16 +35,10 @@ def txt_value(token: str) -> str:
 
 
 def make_resolver(servers: Iterable[str] = ()) -> dns.resolver.Resolver:
-    """The configured servers (`ip`, `ip:port`; ORDERFLOW_DNS_SERVERS), else resolv.conf."""
-    from orderflow_ingest.milter.dns import parse_server
+    """The milter's resolver set-up, without dnspython's cache: every check asks afresh."""
+    from orderflow_ingest.milter.dns import make_resolver as configured
 
-    servers = tuple(servers)
-    if servers:
-        resolver = dns.resolver.Resolver(configure=False)
-        resolver.nameservers = [parse_server(server) for server in servers]
-    else:
-        resolver = dns.resolver.Resolver(configure=True)
-    resolver.retry_servfail = False
+    resolver = configured(servers)
     resolver.cache = None
     return resolver
 

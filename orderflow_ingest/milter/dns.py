@@ -14,7 +14,7 @@ from __future__ import annotations
 import threading
 import time
 from collections import OrderedDict
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from typing import Any, Protocol
 
 import dns.exception
@@ -126,6 +126,19 @@ class AnswerCache:
         self.bytes -= size
 
 
+def make_resolver(servers: Iterable[str] = ()) -> dns.resolver.Resolver:
+    """The configured servers (`ip`, `ip:port`; ORDERFLOW_DNS_SERVERS), else resolv.conf; a
+    SERVFAIL is an answer to report, not a reason to ask the same server again."""
+    servers = tuple(servers)
+    if servers:
+        resolver = dns.resolver.Resolver(configure=False)
+        resolver.nameservers = [parse_server(server) for server in servers]
+    else:
+        resolver = dns.resolver.Resolver(configure=True)
+    resolver.retry_servfail = False
+    return resolver
+
+
 class DnspythonSource:
     """The real resolver: the configured servers, or /etc/resolv.conf when none are named.
 
@@ -148,13 +161,7 @@ class DnspythonSource:
         cache_bytes: int = CACHE_BYTES,
         cache_max_ttl: float = CACHE_MAX_TTL,
     ):
-        if servers:
-            resolver = dns.resolver.Resolver(configure=False)
-            resolver.nameservers = [parse_server(server) for server in servers]
-        else:
-            resolver = dns.resolver.Resolver(configure=True)
-        resolver.retry_servfail = False
-        self._resolver = resolver
+        self._resolver = make_resolver(servers)
         self._clock = clock
         self.cache = AnswerCache(cache_bytes, cache_max_ttl, clock)
 

@@ -17,7 +17,7 @@ import dns.exception
 import dns.resolver
 import dns.reversename
 
-from orderflow_ingest.milter.dns import parse_server
+from orderflow_ingest.milter import dns as dns_setup
 from orderflow_ingest.ops.checks import FAIL, OK, SKIP, WARN, Check
 
 SNAKEOIL_CERT = "/etc/ssl/certs/ssl-cert-snakeoil.pem"
@@ -108,11 +108,7 @@ def check_certificate(cert_file: str, hostname: str, now: dt.datetime | None = N
 
 def make_resolver(servers: Sequence[str]) -> dns.resolver.Resolver:
     """The configured resolvers (ORDERFLOW_DNS_SERVERS), or /etc/resolv.conf when none."""
-    if servers:
-        resolver = dns.resolver.Resolver(configure=False)
-        resolver.nameservers = [parse_server(server) for server in servers]
-    else:
-        resolver = dns.resolver.Resolver(configure=True)
+    resolver = dns_setup.make_resolver(servers)
     resolver.lifetime = DNS_LIFETIME
     return resolver
 
