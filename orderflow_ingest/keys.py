@@ -34,6 +34,7 @@ PERMISSIONS = (
     "reprocess",
     "webhooks:manage",
     "keys:admin",
+    "domains:manage",
 )
 KEY_COLUMNS = """
   id::text AS id, name, hint, org_ids::text[] AS org_ids, permissions,

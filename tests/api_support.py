@@ -22,6 +22,7 @@ ALL_PERMISSIONS = (
     "reprocess",
     "webhooks:manage",
     "keys:admin",
+    "domains:manage",
 )
 
 

@@ -56,6 +56,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     problems.install(app)
     app.include_router(routes.router)
     _mount_webhooks(app)
+    from orderflow_ingest.api import domain_routes
+
+    app.include_router(domain_routes.router)
     # The web inbox (README "Web inbox"): same process, same keys.Principal model, /inbox.
     from orderflow_ingest.inbox.mount import install as install_inbox
 

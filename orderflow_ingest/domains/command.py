@@ -59,9 +59,7 @@ def domain_add(
     Example: orderflow-ingest domain add acme po.acme-corp.com -l orders
     """
     from orderflow_ingest.db import connect
-    from orderflow_ingest.domains import store
-    from orderflow_ingest.domains.checks import txt_name, txt_value
-    from orderflow_ingest.domains.monitor import mx_hosts
+    from orderflow_ingest.domains import manage, store
     from orderflow_ingest.orgs import org_by_slug
 
     settings = settings_or_exit(config)
@@ -69,20 +67,13 @@ def domain_add(
         found = org_by_slug(conn, org.lower())
         if found is None or found["status"] == "deleted":
             fail(f"no org {org}")
-        if domain.strip().rstrip(".").lower() in settings.ingest_domains:
-            fail(f"{domain} is an ingest domain, not a custom domain", 2)
         try:
-            row = store.add_domain(conn, found["id"], domain, accept_all, local_part or [])
+            data = manage.add_domain(
+                conn, settings, found["id"], domain, accept_all, local_part or []
+            )
         except store.DomainError as error:
             fail(str(error), 2)
-    hosts = mx_hosts(settings)
-    data = {
-        **row,
-        "txt_name": txt_name(row["domain"]),
-        "txt_value": txt_value(row["txt_token"]),
-        "mx_hosts": list(hosts),
-    }
-    _emit(data, as_json, _publish_text(row, hosts))
+    _emit(data, as_json, _publish_text(data, tuple(data["mx_hosts"])))
 
 
 @domain_app.command("verify")
@@ -92,24 +83,21 @@ def domain_verify(domain: str, config: ConfigOption = None, as_json: JsonOption 
     Example: orderflow-ingest domain verify po.acme-corp.com
     """
     from orderflow_ingest.db import connect
-    from orderflow_ingest.domains.monitor import dns_checker, policy_of, verify_now
+    from orderflow_ingest.domains import manage
 
     settings = settings_or_exit(config)
-    policy = policy_of(settings)
     with connect(settings.database_url) as conn:
-        done = verify_now(conn, domain, dns_checker(settings), policy)
-    if done is None:
+        data = manage.verify(conn, settings, domain)
+    if data is None:
         fail(f"no domain {domain}")
-    row, outcome = done
-    data = {**row, "event": outcome.event, "confirmations_needed": policy.confirmations}
-    result = row.get("last_result") or {}
-    text = f"{_line(row)}\n{result.get('detail', '')}"
-    if outcome.event:
-        text += f"\n{outcome.event}: {outcome.before.state} -> {outcome.after.state}"
-    elif row["state"] == "pending":
+    result = data.get("last_result") or {}
+    text = f"{_line(data)}\n{result.get('detail', '')}"
+    if data["event"]:
+        text += f"\n{data['event']}: {data['previous_state']} -> {data['state']}"
+    elif data["state"] == "pending":
         text += (
-            f"\nstill pending: {row['pass_streak']} of {policy.confirmations} consecutive"
-            " passing checks"
+            f"\nstill pending: {data['pass_streak']} of {data['confirmations_needed']}"
+            " consecutive passing checks"
         )
     _emit(data, as_json, text)
 
@@ -139,14 +127,14 @@ def domain_show(domain: str, config: ConfigOption = None, as_json: JsonOption = 
     Example: orderflow-ingest domain show po.acme-corp.com
     """
     from orderflow_ingest.db import connect
-    from orderflow_ingest.domains import store
-    from orderflow_ingest.domains.checks import txt_name, txt_value
+    from orderflow_ingest.domains import manage, store
 
-    with connect(settings_or_exit(config).database_url) as conn:
+    settings = settings_or_exit(config)
+    with connect(settings.database_url) as conn:
         row = store.get_domain(conn, domain)
     if row is None:
         fail(f"no domain {domain}")
-    data = {**row, "txt_name": txt_name(row["domain"]), "txt_value": txt_value(row["txt_token"])}
+    data = {**row, **manage.publish(row, settings)}
     _emit(data, as_json, "\n".join(f"{key}: {value}" for key, value in data.items()))
 
 

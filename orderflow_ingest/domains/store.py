@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import re
 import secrets
+from collections.abc import Sequence
 from datetime import datetime
 from typing import Any
 
@@ -37,6 +38,10 @@ LIVE = "d.removed_at IS NULL"
 
 class DomainError(ValueError):
     """A domain or local part that cannot be added (the message says why)."""
+
+
+class DomainTaken(DomainError):
+    """The domain is registered already (live, for this org or another)."""
 
 
 def normalise_domain(domain: str) -> str:
@@ -75,7 +80,7 @@ def add_domain(
         (org_id, name, new_token(), accept_all, parts),
     ).fetchone()
     if row is None:
-        raise DomainError(f"domain {name} is already registered")
+        raise DomainTaken(f"domain {name} is already registered")
     found = get_domain(conn, name)
     assert found is not None
     return found
@@ -88,7 +93,25 @@ def get_domain(conn: Conn, domain: str) -> dict[str, Any] | None:
     ).fetchone()
 
 
-def list_domains(conn: Conn, org_slug: str | None = None) -> list[dict[str, Any]]:
+def get_domain_by_id(
+    conn: Conn, domain_id: object, org_ids: Sequence[str]
+) -> dict[str, Any] | None:
+    """One live domain by id, only within `org_ids` (another org's id is None, like none)."""
+    return conn.execute(
+        f"SELECT {COLUMNS} FROM {FROM} WHERE {LIVE} AND d.id = %s AND d.org_id = ANY(%s::uuid[])",
+        (str(domain_id), list(org_ids)),
+    ).fetchone()
+
+
+def list_domains(
+    conn: Conn, org_slug: str | None = None, org_ids: Sequence[str] | None = None
+) -> list[dict[str, Any]]:
+    if org_ids is not None:
+        return conn.execute(
+            f"SELECT {COLUMNS} FROM {FROM} WHERE {LIVE} AND d.org_id = ANY(%s::uuid[])"
+            " ORDER BY d.domain",
+            (list(org_ids),),
+        ).fetchall()
     if org_slug:
         return conn.execute(
             f"SELECT {COLUMNS} FROM {FROM} WHERE {LIVE} AND o.slug = %s ORDER BY d.domain",
@@ -97,12 +120,20 @@ def list_domains(conn: Conn, org_slug: str | None = None) -> list[dict[str, Any]
     return conn.execute(f"SELECT {COLUMNS} FROM {FROM} WHERE {LIVE} ORDER BY d.domain").fetchall()
 
 
-def remove_domain(conn: Conn, domain: str) -> bool:
-    row = conn.execute(
-        "UPDATE custom_domain SET removed_at = now()"
-        " WHERE domain = %s AND removed_at IS NULL RETURNING id",
-        (domain.rstrip(".").lower(),),
-    ).fetchone()
+def remove_domain(conn: Conn, domain: str, org_ids: Sequence[str] | None = None) -> bool:
+    """Forget a live domain (the row stays, with removed_at); with `org_ids`, only theirs."""
+    if org_ids is None:
+        row = conn.execute(
+            "UPDATE custom_domain SET removed_at = now()"
+            " WHERE domain = %s AND removed_at IS NULL RETURNING id",
+            (domain.rstrip(".").lower(),),
+        ).fetchone()
+    else:
+        row = conn.execute(
+            "UPDATE custom_domain SET removed_at = now()"
+            " WHERE domain = %s AND removed_at IS NULL AND org_id = ANY(%s::uuid[]) RETURNING id",
+            (domain.rstrip(".").lower(), list(org_ids)),
+        ).fetchone()
     return row is not None
 
 
