@@ -9,7 +9,7 @@ from fastapi import FastAPI, Request
 from fastapi.responses import RedirectResponse, Response
 from fastapi.staticfiles import StaticFiles
 
-from orderflow_ingest.inbox import pages, pages_admin, pages_webhooks
+from orderflow_ingest.inbox import pages, pages_admin, pages_domains, pages_webhooks
 from orderflow_ingest.inbox.web import PREFIX, PageError, SignInRequired, security_headers
 
 STATIC = Path(__file__).parent / "static"
@@ -28,5 +28,6 @@ def install(app: FastAPI) -> None:
 
     app.include_router(pages.router)
     app.include_router(pages_webhooks.router)
+    app.include_router(pages_domains.router)
     app.include_router(pages_admin.router)
     app.mount(f"{PREFIX}/static", StaticFiles(directory=STATIC), name="inbox-static")
