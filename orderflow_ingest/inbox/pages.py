@@ -393,11 +393,19 @@ def events_page(
 # Keys (org admins): the API's own key routes, with this org's admin Principal ---------------
 
 
-def _keys_admin(user: dict[str, Any], slug: str) -> tuple[keys.Principal, dict[str, Any]]:
+def admin_of(
+    user: dict[str, Any], slug: str, permission: str, what: str
+) -> tuple[keys.Principal, dict[str, Any]]:
+    """The user's Principal in the org of the URL, if it holds `permission` (403 names `what`
+    the admins do); one guard for the keys, webhooks and domains pages."""
     principal, org = in_org(user, slug)
-    if not principal.may("keys:admin"):
-        raise PageError(403, f"Only admins of {org['slug']} manage its API keys.")
+    if not principal.may(permission):
+        raise PageError(403, f"Only admins of {org['slug']} {what}.")
     return principal, org
+
+
+def _keys_admin(user: dict[str, Any], slug: str) -> tuple[keys.Principal, dict[str, Any]]:
+    return admin_of(user, slug, "keys:admin", "manage its API keys")
 
 
 def _keys_page(

@@ -14,7 +14,7 @@ from pydantic import ValidationError
 from orderflow_ingest import keys
 from orderflow_ingest.api import domain_routes
 from orderflow_ingest.api.context import BackendsDep, DbConn
-from orderflow_ingest.inbox.pages import User, _api_call, _uuid, in_org, render
+from orderflow_ingest.inbox.pages import User, _api_call, _uuid, admin_of, render
 from orderflow_ingest.inbox.web import PREFIX, PageError, check_csrf
 
 router = APIRouter(prefix=PREFIX, include_in_schema=False)
@@ -32,10 +32,7 @@ DONE = {
 
 
 def _admin(user: dict[str, Any], slug: str) -> tuple[keys.Principal, dict[str, Any]]:
-    principal, org = in_org(user, slug)
-    if not principal.may(PERMISSION):
-        raise PageError(403, f"Only admins of {org['slug']} manage its domains.")
-    return principal, org
+    return admin_of(user, slug, PERMISSION, "manage its domains")
 
 
 def _page(

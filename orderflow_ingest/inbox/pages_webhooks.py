@@ -17,7 +17,7 @@ from pydantic import ValidationError
 from orderflow_ingest import keys
 from orderflow_ingest.api import webhook_routes
 from orderflow_ingest.api.context import BackendsDep, DbConn
-from orderflow_ingest.inbox.pages import User, _api_call, _uuid, in_org, render
+from orderflow_ingest.inbox.pages import User, _api_call, _uuid, admin_of, render
 from orderflow_ingest.inbox.web import PREFIX, PageError, check_csrf
 from orderflow_ingest.webhooks import endpoints
 
@@ -32,10 +32,7 @@ DONE = {
 
 
 def _admin(user: dict[str, Any], slug: str) -> tuple[keys.Principal, dict[str, Any]]:
-    principal, org = in_org(user, slug)
-    if not principal.may(PERMISSION):
-        raise PageError(403, f"Only admins of {org['slug']} manage its webhooks.")
-    return principal, org
+    return admin_of(user, slug, PERMISSION, "manage its webhooks")
 
 
 def health(endpoint: dict[str, Any], last: dict[str, Any] | None) -> tuple[str, str]:
