@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import smtplib
 import subprocess
+import uuid
 from collections.abc import Callable, Iterator
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -280,3 +281,30 @@ def test_removed_domain_is_refused_without_a_reload(domain_stack: Any, conn: Any
     text = wait_rcpt(domain_stack, f"orders@{DOMAIN}", 554, b"5.7.1")
     assert b"Relay access denied" in text
     assert store.get_domain(conn, DOMAIN) is None
+
+
+def test_mail_queued_before_removal_is_stored_for_the_org_not_bounced(
+    domain_stack: Any, conn: Any
+) -> None:
+    """Bad timing: Postfix accepted (250) and queued mail while the domain was live, then the
+    domain was removed (or its local parts changed) before delivery: still stored, never a
+    bounce. Runs after test_removed_domain_is_refused_without_a_reload in this module."""
+    from test_ingest_e2e import hand_to_delivery_service
+
+    assert store.get_domain(conn, DOMAIN) is None  # removed by the test before
+    for recipient in (f"orders@{DOMAIN}", f"no-longer-listed@{DOMAIN}"):
+        message = order_email(to=recipient, sender=SENDER)
+        status = hand_to_delivery_service(domain_stack, message.as_bytes(), SENDER, recipient)
+        assert status == 0, recipient
+        row = conn.execute(
+            "SELECT m.status, o.slug::text AS slug FROM inbound_message m"
+            " JOIN org o ON o.id = m.org_id WHERE m.source_message_id = %s",
+            (message["Message-ID"],),
+        ).fetchone()
+        conn.rollback()
+        assert row is not None and row["status"] in ("STORED", "PARSED"), recipient
+        assert row["slug"] == "acme"
+    # A domain no org ever had is still an unknown recipient.
+    stranger = f"orders@never-ours-{uuid.uuid4().hex[:8]}.test"
+    message = order_email(to=stranger, sender=SENDER)
+    assert hand_to_delivery_service(domain_stack, message.as_bytes(), SENDER, stranger) == 67

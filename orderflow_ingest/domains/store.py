@@ -160,16 +160,19 @@ def accepts(row: dict[str, Any], local_part: str) -> bool:
     return bool(row["accept_all"]) or base in (row["local_parts"] or [])
 
 
-def org_slug_for_recipient(conn: Conn, local_part: str, domain: str) -> str | None:
-    """The delivery service's resolution: the org of a custom-domain recipient, or None.
+def org_slug_for_recipient(conn: Conn, domain: str) -> str | None:
+    """The delivery service's resolution: the org that owns (or last owned) the domain.
 
-    Any state but pending: mail Postfix queued while the domain was verified is delivered even
-    if the domain has lost its MX since.
+    No state or local-part test here: the milter's RCPT check is the gate, and mail Postfix
+    queued while it passed must not bounce because the domain lost its MX, its local-part list
+    changed or it was removed since (an accepted order is never bounced for our own change).
     """
-    row = rcpt_lookup(conn, domain)
-    if row is None or row["state"] == "pending" or not accepts(row, local_part):
-        return None
-    return str(row["org_slug"])
+    row = conn.execute(
+        f"SELECT o.slug::text AS org_slug FROM {FROM} WHERE d.domain = %s"
+        " ORDER BY d.removed_at DESC NULLS FIRST LIMIT 1",
+        (domain.rstrip(".").lower(),),
+    ).fetchone()
+    return None if row is None else str(row["org_slug"])
 
 
 def _state_of(row: dict[str, Any]) -> DomainState:

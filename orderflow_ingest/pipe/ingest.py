@@ -248,8 +248,8 @@ def _deliver(
         if slug is None:  # a custom domain's recipient (issue 13): its org from the database
             from orderflow_ingest.domains.store import org_slug_for_recipient
 
-            local, domain = custom_domain_parts(envelope.recipient, ()) or ("", "")
-            slug = org_slug_for_recipient(conn, local, domain)
+            _local, domain = custom_domain_parts(envelope.recipient, ()) or ("", "")
+            slug = org_slug_for_recipient(conn, domain)
             if slug is None:
                 conn.rollback()
                 log_event("delivery.unknown_recipient", logging.WARNING, **context)
