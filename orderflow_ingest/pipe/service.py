@@ -8,18 +8,16 @@ message; if the service itself is down, the client answers 75 on its own.
 
 from __future__ import annotations
 
-import cProfile
 import errno
 import grp
 import logging
 import os
-import pstats
 import signal
 import socket
 import sys
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import suppress
 
@@ -31,47 +29,13 @@ from orderflow_ingest.logs import log_event, reopen_logs, setup_logging
 from orderflow_ingest.outcomes import EX_CONFIG, Outcome
 from orderflow_ingest.pipe.ingest import Backends, Envelope, deliver, spool
 from orderflow_ingest.pipe.limits import checked_pipe_limits
+from orderflow_ingest.pipe.profiling import PROFILE_ENV, Profiles
 from orderflow_ingest.pipe.protocol import CHUNK, Decoder, TooLarge, WireError, format_reply
 from orderflow_ingest.settings import Settings, SettingsError
 
 SOCKET_MODE = 0o660
 # The 75 answer when the spool is short of space (pipe(8) logs it with the deferral).
 NO_SPACE_TEXT = "temporary failure (insufficient system storage), try again later"
-# A path: profile every delivery with cProfile and write the merged stats there on stop
-# (bench/drain_vs_peer.py --profile). Unset in production.
-PROFILE_ENV = "DELIVER_SERVICE_PROFILE"
-
-
-class Profiles:
-    """One cProfile per delivery thread (a profiler sees only its own thread), merged."""
-
-    def __init__(self, path: str):
-        self.path = path
-        self.local = threading.local()
-        self.profiles: list[cProfile.Profile] = []
-        self.lock = threading.Lock()
-
-    def run(self, call: Callable[[], None]) -> None:
-        profile = getattr(self.local, "profile", None)
-        if profile is None:
-            # CPU time of this thread, not wall time: waits on the GIL or a backend are not
-            # where the CPU goes.
-            profile = self.local.profile = cProfile.Profile(time.thread_time)
-            with self.lock:
-                self.profiles.append(profile)
-        profile.enable()
-        try:
-            call()
-        finally:
-            profile.disable()
-
-    def dump(self) -> None:
-        with self.lock:
-            if self.profiles:
-                stats = pstats.Stats(self.profiles[0])
-                for profile in self.profiles[1:]:
-                    stats.add(profile)
-                stats.dump_stats(self.path)
 
 
 class EmptyConnection(Exception):
