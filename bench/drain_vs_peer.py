@@ -39,7 +39,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from dns_server import LoopbackDns
-from ingest_throughput import add_baseline_transports
+from ingest_throughput import add_baseline_transports, stored_rows
 
 from orderflow_ingest.db import connect
 from orderflow_ingest.devstack.component import venv_bin
@@ -171,15 +171,6 @@ def profile_delivery_service(stack: Stack) -> None:
         if time.monotonic() > deadline:
             raise SystemExit("bench: the profiled delivery service did not start")
         time.sleep(0.05)
-
-
-def stored_rows(conn: Any, sender: str) -> int:
-    row = conn.execute(
-        "SELECT count(*) AS n FROM inbound_message"
-        " WHERE envelope_sender = %s AND status = 'STORED'",
-        (sender,),
-    ).fetchone()
-    return int(row["n"]) if row else 0
 
 
 def run_load(
