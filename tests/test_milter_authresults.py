@@ -7,7 +7,10 @@ inbound_message.auth_results; these tests hold it to what the milter writes.
 from __future__ import annotations
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
+from orderflow_ingest import auth_verdicts
 from orderflow_ingest.auth_verdicts import authserv_id_of, claims, parse_our_verdicts
 from orderflow_ingest.milter.authresults_header import header_value, indices_to_remove
 from orderflow_ingest.milter.dkim_check import DkimVerdict
@@ -161,3 +164,106 @@ def test_hostile_signature_domain_is_left_out() -> None:
     parsed = parse_our_verdicts([header_value(ID, None, dkim, None)], ID)
     assert parsed is not None
     assert parsed["dkim"] == [{"result": "fail", "header.a": "rsa-sha256"}]
+
+
+_LABEL = st.from_regex(r"[a-z0-9]{1,8}(\.[a-z0-9]{1,8}){0,2}", fullmatch=True)
+_TEXT = st.text(st.characters(min_codepoint=32, max_codepoint=126), min_size=0, max_size=30)
+# Reasons are our own fixed texts (dkim_check._short_reason, dmarc), never sender bytes.
+_REASON = st.one_of(
+    st.none(),
+    st.sampled_from(
+        [
+            "signature expired",
+            "malformed signature",
+            "unusable key",
+            "body hash mismatch",
+            "no aligned SPF or DKIM pass",
+            "SPF or DKIM look-up timed out",
+        ]
+    ),
+    st.builds(lambda n: f"l= leaves {n} body bytes unsigned", st.integers(0, 10**6)),
+)
+_SPF = st.builds(
+    SpfVerdict,
+    st.sampled_from(["pass", "fail", "softfail", "neutral", "none", "temperror", "permerror"]),
+    st.sampled_from(["mailfrom", "helo"]),
+    _LABEL,
+    st.one_of(st.none(), st.builds(lambda a, d: f"{a}@{d}", _TEXT, _LABEL)),
+    st.one_of(st.none(), _LABEL, _TEXT),
+    _TEXT,
+)
+_DKIM = st.builds(
+    DkimVerdict,
+    st.sampled_from(["pass", "fail", "neutral", "temperror", "permerror", "policy"]),
+    st.one_of(st.none(), _LABEL, _TEXT),
+    st.one_of(st.none(), _LABEL, _TEXT),
+    st.one_of(st.none(), st.sampled_from(["rsa-sha256", "ed25519-sha256", "rsa-sha1"]), _TEXT),
+    st.none(),
+    st.one_of(st.none(), st.from_regex(r"[A-Za-z0-9+/]{1,8}", fullmatch=True), _TEXT),
+    _REASON,
+    st.one_of(st.none(), st.integers(0, 10**9)),
+)
+_DMARC = st.builds(
+    DmarcVerdict,
+    st.sampled_from(["pass", "fail", "none", "temperror", "permerror"]),
+    st.one_of(st.none(), _LABEL, _TEXT),
+    st.one_of(st.none(), st.sampled_from(["none", "quarantine", "reject"])),
+    st.none(),
+    _REASON,
+)
+
+
+@given(
+    spf=st.one_of(st.none(), _SPF),
+    dkim=st.lists(_DKIM, max_size=3),
+    dmarc=st.one_of(st.none(), _DMARC),
+)
+@settings(max_examples=400, deadline=None)
+def test_plain_reader_agrees_with_authres_on_every_header_the_milter_builds(
+    spf: SpfVerdict | None, dkim: list[DkimVerdict], dmarc: DmarcVerdict | None
+) -> None:
+    """The delivery path reads our header with `_parse_plain`; authres is the reference.
+    The one difference allowed: a quoted property value (a header.b with "+" or "/") that
+    authres drops, which the plain reader keeps, unquoted."""
+    value = header_value(ID, spf, dkim, dmarc)
+    text = value.replace("\n", "")
+    rest = text.partition(";")[2]
+    plain = auth_verdicts._parse_plain(rest)
+    assert plain is not None, value
+    reference = auth_verdicts._parse_with_authres(text)
+    assert [method for method, _ in plain] == [method for method, _ in reference]
+    for (_, ours), (_, theirs) in zip(plain, reference, strict=True):
+        extra = {key: ours[key] for key in ours.keys() - theirs.keys()}
+        assert {key: ours[key] for key in theirs} == theirs, value
+        for key, shown in extra.items():
+            assert f'{key}="' in value and shown in value, (key, value)
+
+
+@pytest.mark.parametrize(
+    "value",
+    [
+        f" {ID}; spf=pass (sender ok) smtp.mailfrom=a@sender.test; dkim=none",
+        f" {ID} 1; spf=pass smtp.mailfrom=a@sender.test",
+        f" (relay) {ID}; dkim=pass header.d=sender.test",
+        f" {ID}; dkim/1=pass header.d=sender.test",
+        f" {ID}; none",
+    ],
+)
+def test_other_shapes_of_our_header_are_read_by_authres(value: str) -> None:
+    """Comments, a version or a method version are not the plain shape: authres reads them,
+    so the stored verdicts are what they were before the plain reader existed."""
+    text = value.replace("\n", "")
+    rest = auth_verdicts._results_text(text, ID)
+    assert rest is None or rest.strip() == "none" or auth_verdicts._parse_plain(rest) is None
+    expected: dict[str, object] = {"authserv_id": ID, "spf": None, "dkim": [], "dmarc": None}
+    try:
+        reference = auth_verdicts._parse_with_authres(text)
+    except Exception:
+        expected["unparseable"] = True
+        reference = []
+    for method, entry in reference:
+        if method in auth_verdicts.SINGLE_METHODS:
+            expected[method] = expected[method] or entry
+        else:
+            expected.setdefault(method, []).append(entry)  # type: ignore[union-attr]
+    assert parse_our_verdicts([value], ID) == expected
