@@ -102,7 +102,12 @@ def test_role_fills_every_placeholder_of_the_postfix_fragments() -> None:
     vars_text = (ROLE / "vars" / "main.yml").read_text()
     block = vars_text.split("orderflow_ingest__postfix_vars:", 1)[1].split("\n\n", 1)[0]
     role_names = set(re.findall(r"^  ([a-z_]+):", block, re.MULTILINE))
-    for name in ("main.cf", "master.cf"):
+    for name in (
+        "main.cf",
+        "master.cf",
+        "orderflow_custom_domains.cf",
+        "orderflow_custom_role_mailboxes.cf",
+    ):
         used = set(PLACEHOLDER.findall((REPO / "postfix-config" / name).read_text()))
         assert used <= role_names, f"postfix-config/{name}: no role value for {used - role_names}"
     transport_map = (REPO / "postfix-config" / "orderflow_transport").read_text()

@@ -308,3 +308,54 @@ def test_mail_queued_before_removal_is_stored_for_the_org_not_bounced(
     stranger = f"orders@never-ours-{uuid.uuid4().hex[:8]}.test"
     message = order_email(to=stranger, sender=SENDER)
     assert hand_to_delivery_service(domain_stack, message.as_bytes(), SENDER, stranger) == 67
+
+
+def test_role_mailboxes_of_a_custom_domain_reach_the_operator(
+    domain_stack: Any, dns: LoopbackDns, conn: Any
+) -> None:
+    """RFC 5321 §4.5.1 / RFC 2142 (issue 16): postmaster@ and abuse@ of a verified custom
+    domain are accepted and routed to the operator's address, not to the org, whatever its
+    local parts. Its own domain, added and verified here, removed at the end."""
+    from orderflow_ingest.devstack.postfix import DEV_POSTMASTER_ADDRESS
+
+    domain = f"role-{uuid.uuid4().hex[:8]}.customer.test"
+    result = cli(domain_stack, "domain", "add", "acme", domain, "-l", "orders")
+    assert result.returncode == 0, result.stderr
+    row = store.get_domain(conn, domain)
+    conn.rollback()
+    assert row is not None
+    # Pending: Postfix does not accept even its postmaster (not a domain we accept mail for).
+    assert rcpt(domain_stack, f"postmaster@{domain}")[0] == 554
+    publish(dns, domain, row["txt_token"])
+    try:
+        for _ in range(POLICY.confirmations):
+            result = cli(domain_stack, "domain", "verify", domain)
+            assert result.returncode == 0, result.stderr
+        assert "domain.verified: pending -> verified" in result.stdout
+        assert wait_rcpt(domain_stack, f"postmaster@{domain}", 250, b"2.1.5")
+        code, text = rcpt(domain_stack, f"Abuse@{domain.upper()}")
+        assert code == 250, text
+        code, text = rcpt(domain_stack, f"someone@{domain}")
+        assert (code, text) == (550, b"5.1.1 Unknown recipient")
+        recipient = f"postmaster@{domain}"
+        message = order_email(to=recipient, sender=SENDER)
+        message_id = message["Message-ID"]
+        with smtplib.SMTP(domain_stack.smtp_host, domain_stack.smtp_port) as smtp:
+            smtp.ehlo("mail.customer.test")
+            assert smtp.send_message(message, from_addr=SENDER, to_addrs=[recipient]) == {}
+
+        def routed() -> bool:
+            log = domain_stack.maillog_path.read_text(errors="replace")
+            return any(
+                f"to=<{DEV_POSTMASTER_ADDRESS}>" in line and f"orig_to=<{recipient}>" in line
+                for line in log.splitlines()
+            )
+
+        wait_for(routed, 60, f"{recipient} routed to the operator address")
+        stored = conn.execute(
+            "SELECT 1 FROM inbound_message WHERE source_message_id = %s", (message_id,)
+        ).fetchone()
+        conn.rollback()
+        assert stored is None, "a role mailbox is never an order of the org"
+    finally:
+        assert cli(domain_stack, "domain", "remove", domain).returncode == 0

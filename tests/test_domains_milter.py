@@ -71,6 +71,30 @@ def test_accept_all_and_disabled_org() -> None:
     assert (verdict.decision, verdict.reason) == ("reject", "disabled_org")
 
 
+@pytest.mark.parametrize("org", [OrgStatus.ACTIVE, OrgStatus.DISABLED])
+@pytest.mark.parametrize("accept_all", [False, True])
+def test_role_mailboxes_of_a_verified_custom_domain_are_accepted(
+    org: OrgStatus, accept_all: bool
+) -> None:
+    """RFC 5321 §4.5.1: postmaster@ of every domain we accept mail for; Postfix routes it to
+    the operator (postfix-config/orderflow_custom_role_mailboxes.cf), never to the org."""
+    table = {"po.acme.test": custom("verified", org, accept_all=accept_all)}
+    for recipient in ("postmaster@po.acme.test", "<Abuse@PO.ACME.TEST>"):
+        verdict = decide(recipient, "orders", DOMAINS, directory(table))
+        assert (verdict.decision, verdict.reason, verdict.slug) == ("accept", "role_mailbox", None)
+
+
+@pytest.mark.parametrize(
+    ("state", "decision"),
+    [("mx_lost", "tempfail"), ("suspended", "reject"), ("pending", "reject")],
+)
+def test_role_mailboxes_follow_a_domain_that_is_not_verified(state: str, decision: str) -> None:
+    verdict = decide(
+        "postmaster@po.acme.test", "orders", DOMAINS, directory({"po.acme.test": custom(state)})
+    )
+    assert verdict.decision == decision
+
+
 def test_unknown_domain_is_postfix_s_to_decide_and_ingest_domain_unchanged() -> None:
     calls: list[str] = []
     table = directory({}, calls)

@@ -14,6 +14,7 @@ what ships. Facts this module depends on (Postfix 3.7):
 from __future__ import annotations
 
 import json
+import re
 import shutil
 import socket
 import subprocess
@@ -32,7 +33,11 @@ DEV_POSTMASTER_ADDRESS = "postmaster@ops.invalid"
 POSTQUEUE = "/usr/sbin/postqueue"
 START_TIMEOUT = 30
 # proxy:pgsql: tables of the custom domains (postfix-config/, issue 13).
-CUSTOM_DOMAIN_MAPS = ("orderflow_custom_domains.cf",)
+CUSTOM_DOMAIN_MAPS = ("orderflow_custom_domains.cf", "orderflow_custom_role_mailboxes.cf")
+# Takes the domain of a postmaster@/abuse@ address, the key of the second one.
+ROLE_MAILBOX_DOMAIN = "orderflow_role_mailbox_domain.regexp"
+# The pipemap of main.cf's virtual_alias_maps that asks them for postmaster@/abuse@.
+CUSTOM_ROLE_MAILBOXES = re.compile(r"\s*pipemap:\{[^}]*orderflow_custom_role_mailboxes\.cf\s*\}")
 
 # The services a standalone instance needs besides ours (upstream defaults, chroot n).
 # No local delivery. pickup stays: `postqueue -f` checks it to see whether Postfix is up.
@@ -166,10 +171,12 @@ class Postfix(Component):
             overlay["smtpd_tls_security_level"] = "none"
         if not options.milter:
             overlay["smtpd_milters"] = ""
+        rendered = render_file("main.cf", variables)
         if options.uses_external("ORDERFLOW_DATABASE_URL"):  # no Postfix role there: no lookup
             overlay["relay_domains"] = options.ingest_domain
+            overlay["virtual_alias_maps"] = without_custom_role_mailboxes(rendered)
         overlay.update(options.postfix_overrides)
-        main_cf = merge_main_cf(render_file("main.cf", variables), overlay, "devstack overlay")
+        main_cf = merge_main_cf(rendered, overlay, "devstack overlay")
         master_cf = BASE_MASTER_CF + render_file("master.cf", variables)
         transport = render_file("orderflow_transport", variables)
         role_mailboxes = render_file("role_mailboxes", variables)
@@ -177,6 +184,8 @@ class Postfix(Component):
         accounts.write_file(self.config_dir / "master.cf", master_cf, 0o644)
         accounts.write_file(self.config_dir / "orderflow_transport", transport, 0o644)
         accounts.write_file(self.config_dir / "role_mailboxes", role_mailboxes, 0o644)
+        domain_regexp = render_file(ROLE_MAILBOX_DOMAIN, variables)
+        accounts.write_file(self.config_dir / ROLE_MAILBOX_DOMAIN, domain_regexp, 0o644)
         for name in CUSTOM_DOMAIN_MAPS:  # hold the Postfix role's password: root:postfix 0640
             text = render_file(name, variables)
             accounts.write_file(self.config_dir / name, text, 0o640, "root", "postfix")
@@ -282,3 +291,13 @@ def _banner(port: int, host: str = "127.0.0.1") -> bool:
             return greeting.startswith(b"220")
     except OSError:
         return False
+
+
+def without_custom_role_mailboxes(main_cf: str) -> str:
+    """virtual_alias_maps of a rendered main.cf without the custom domains' pipemap (no
+    PostgreSQL role for Postfix: proxymap could not open the table)."""
+    for line in main_cf.splitlines():
+        name, equals, value = line.partition(" = ")
+        if equals and name == "virtual_alias_maps":
+            return CUSTOM_ROLE_MAILBOXES.sub("", value)
+    raise ValueError("main.cf has no virtual_alias_maps")

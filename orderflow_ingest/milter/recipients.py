@@ -197,6 +197,8 @@ def decide_custom(address: str, directory: OrgDirectory) -> RcptDecision:
         return RcptDecision("reject", "domain_suspended", slug, DOMAIN_SUSPENDED)
     if found.state != "verified":  # pending: Postfix refuses it already; never accepted here
         return RcptDecision("reject", "domain_pending", slug)
+    if is_role_mailbox(address):  # RFC 5321 §4.5.1: Postfix routes it to the operator
+        return RcptDecision("accept", "role_mailbox")
     if not found.accepts(local):
         return RcptDecision("reject", "unknown_local_part", slug)
     if found.org_status is OrgStatus.ACTIVE:
