@@ -106,15 +106,19 @@ def insert_received(conn: Conn, new: NewMessage) -> dict[str, Any] | None:
     # Twice at most: a first-copy insert that loses to an old host's concurrent insert of
     # another content finds that row committed and becomes a conflict of it.
     for _ in range(2):
-        if conn.execute(f"SELECT 1 FROM inbound_message WHERE {_SAME_CONTENT}", params).fetchone():
-            return None
-        first = conn.execute(
-            "SELECT id::text AS id FROM inbound_message"
-            " WHERE org_id = %(org_id)s::uuid AND source = 'EMAIL'"
-            " AND source_message_id = %(message_id)s",
+        # One round trip for both questions: is this content here, and which row holds
+        # the Message-ID first (the one a different content becomes a conflict of)?
+        found = conn.execute(
+            f"SELECT EXISTS (SELECT 1 FROM inbound_message WHERE {_SAME_CONTENT}) AS same,"
+            " (SELECT id::text FROM inbound_message"
+            "  WHERE org_id = %(org_id)s::uuid AND source = 'EMAIL'"
+            "  AND source_message_id = %(message_id)s) AS first_id",
             params,
         ).fetchone()
-        if first is None:
+        assert found is not None  # a SELECT without FROM always returns its one row
+        if found["same"]:
+            return None
+        if found["first_id"] is None:
             row = conn.execute(
                 f"INSERT INTO inbound_message ({_INSERT_COLUMNS}) VALUES ({_INSERT_VALUES})"
                 " ON CONFLICT (org_id, source, source_message_id)"
@@ -136,7 +140,7 @@ def insert_received(conn: Conn, new: NewMessage) -> dict[str, Any] | None:
                     **params,
                     "source_message_id": None,
                     "conflict_message_id": new.source_message_id,
-                    "conflict_of": first["id"],
+                    "conflict_of": found["first_id"],
                 },
             ).fetchone()
         if row is not None:
