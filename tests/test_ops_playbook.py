@@ -1,6 +1,7 @@
 """What docs/operations.md promises of the playbook and the defaults (issue 16), checked without
-Ansible: hosts roll one at a time and drain first, and the documented disk floor is the shipped
-one. The drain's wait condition is evaluated on `postqueue -j` lines as Ansible would."""
+Ansible: hosts roll one at a time and drain first, ACME gives each MX its own certificate and
+reloads Postfix on renewal, and the documented disk floor is the shipped one. The drain's wait
+condition is evaluated on `postqueue -j` lines as Ansible would."""
 
 from __future__ import annotations
 
@@ -90,3 +91,23 @@ def test_the_documented_disk_floor_is_the_shipped_default() -> None:
     documented = re.search(r"`ORDERFLOW_MIN_FREE_MB` free \(default `(\d+)` MiB", guide)
     assert documented, "docs/operations.md does not give ORDERFLOW_MIN_FREE_MB's default"
     assert documented.group(1) == setting.default
+
+
+def test_acme_gets_each_mx_its_own_certificate_and_reloads_postfix_on_renewal() -> None:
+    main = _yaml(ROLE / "tasks" / "main.yml")
+    (acme,) = [t for t in main if t.get("ansible.builtin.import_tasks") == "acme.yml"]
+    assert acme["when"] == "orderflow_ingest_acme_email | length > 0"
+    tasks = _yaml(ROLE / "tasks" / "acme.yml")
+    assert tasks[0]["ansible.builtin.apt"]["name"] == "certbot"  # Debian's, with certbot.timer
+    (hook,) = [t for t in tasks if "renewal-hooks/deploy/" in str(t)]
+    assert hook["ansible.builtin.copy"]["mode"] == "0755"
+    assert "postfix reload" in hook["ansible.builtin.copy"]["content"]
+    (obtain,) = [t for t in tasks if "certonly" in str(t)]
+    argv = obtain["ansible.builtin.command"]["argv"]
+    name = "{{ orderflow_ingest_myhostname }}"
+    assert argv[argv.index("--cert-name") + 1] == name and argv[argv.index("-d") + 1] == name
+    # The example inventory points every host at the certificate of its own name.
+    example = _yaml(REPO / "ansible" / "inventory.example.yml")["orderflow_mx"]["vars"]
+    live = "/etc/letsencrypt/live/{{ orderflow_ingest_myhostname }}/"
+    assert example["orderflow_ingest_tls_cert_file"] == live + "fullchain.pem"
+    assert example["orderflow_ingest_tls_key_file"] == live + "privkey.pem"
