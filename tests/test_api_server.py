@@ -427,3 +427,199 @@ def test_a_created_key_works_and_a_revoked_one_stops_the_moment_the_answer_arriv
                 assert new.get("/v1/messages").status_code == 200
                 assert http.delete(f"/v1/keys/{key_id}").status_code == 200
                 assert new.get("/v1/messages").status_code == 401
+
+
+def _insert_endpoint(settings: Any, org_id: str, url: str = "https://receiver.example/hook") -> str:
+    """A disabled endpoint written directly (no dispatcher of another test may send to it)."""
+    import psycopg
+    from psycopg.rows import dict_row
+
+    with psycopg.connect(settings.database_url, autocommit=True, row_factory=dict_row) as db:
+        row = db.execute(
+            "INSERT INTO webhook_endpoint (org_id, url, secret, enabled, disabled_reason)"
+            " VALUES (%s, %s, 'whsec_dGVzdA', false, 'test') RETURNING id::text AS id",
+            (org_id, url),
+        ).fetchone()
+    assert row is not None
+    return str(row["id"])
+
+
+def _insert_delivery(settings: Any, endpoint: str, org_id: str, attempts: int = 0) -> str:
+    """A failed delivery of `endpoint` with `attempts` recorded attempts (HTTP 503 each)."""
+    import psycopg
+    from psycopg.rows import dict_row
+
+    with psycopg.connect(settings.database_url, autocommit=True, row_factory=dict_row) as db:
+        row = db.execute(
+            "INSERT INTO webhook_delivery (endpoint_id, org_id, event_id, event_type,"
+            " event_occurred_at, webhook_id, payload, status, total_attempts)"
+            " VALUES (%s, %s, 1, 'message.parsed', now(), 'evt_1', '{}', 'failed', %s)"
+            " RETURNING id::text AS id",
+            (endpoint, org_id, attempts),
+        ).fetchone()
+        assert row is not None
+        for n in range(attempts):
+            db.execute(
+                "INSERT INTO webhook_attempt (delivery_id, address, status_code, duration_ms,"
+                " response_excerpt) VALUES (%s, '203.0.113.9', 503, %s, %s)",
+                (row["id"], 40 + n, f"busy {n}"),
+            )
+    return str(row["id"])
+
+
+# Operations that name no object of an org: lists (scoped, tested above) and the download,
+# whose signed token is the credential and names its own org (a forged one is a 404, above).
+NOT_ORG_OBJECTS = {("GET", "/v1/downloads/{token}")}
+
+
+def _names_an_org(document: dict[str, Any], operation: dict[str, Any]) -> bool:
+    """Whether the operation's JSON body has an org_id / org_ids field."""
+    schema = (
+        operation.get("requestBody", {})
+        .get("content", {})
+        .get("application/json", {})
+        .get("schema", {})
+    )
+    if "$ref" in schema:
+        schema = document["components"]["schemas"][schema["$ref"].rsplit("/", 1)[1]]
+    return bool({"org_id", "org_ids"} & set(schema.get("properties", {})))
+
+
+def test_every_operation_on_another_orgs_object_is_404(
+    world: dict[str, Any], settings: Any
+) -> None:
+    """Driven by the served OpenAPI document, so a new route cannot be left out: every
+    operation with an object id in its path, pointed at globex's object, is a 404 for acme's
+    key (and the owner's key sees the object); every operation whose body names an org is a
+    404 for another org."""
+    import re
+
+    globex = world["globex"]["org_id"]
+    with client(world, "globex_key") as http:
+        key = http.post(
+            "/v1/keys",
+            json={"name": "globex-404", "org_ids": [globex], "permissions": ["messages:read"]},
+        )
+        assert key.status_code == 201, key.text
+        domain = http.post(
+            "/v1/domains",
+            json={
+                "org_id": globex,
+                "domain": f"po-{uuid.uuid4().hex[:10]}.customer.test",
+                "accept_all": True,
+            },
+        )
+        assert domain.status_code == 201, domain.text
+    endpoint = _insert_endpoint(settings, globex)
+    ids = {
+        "message_id": world["globex"]["id"],
+        "document_id": world["globex_doc"],
+        "key_id": key.json()["id"],
+        "endpoint_id": endpoint,
+        "delivery_id": _insert_delivery(settings, endpoint, globex),
+        "domain_id": domain.json()["id"],
+    }
+    bodies: dict[tuple[str, str], dict[str, Any]] = {
+        ("POST", "/v1/webhooks/endpoints/{endpoint_id}/recover"): {"since": "2020-01-01T00:00:00Z"},
+        ("POST", "/v1/keys"): {
+            "name": "x",
+            "org_ids": [globex],
+            "permissions": ["messages:read"],
+        },
+        ("POST", "/v1/webhooks/endpoints"): {
+            "org_id": globex,
+            "url": "https://receiver.example/x",
+        },
+        ("POST", "/v1/domains"): {
+            "org_id": globex,
+            "domain": f"po-{uuid.uuid4().hex[:10]}.customer.test",
+            "accept_all": True,
+        },
+    }
+    document = httpx.get(world["base"] + "/v1/openapi.json", timeout=30).json()
+    tried: list[tuple[str, str]] = []
+    try:
+        with client(world) as http, client(world, "globex_key") as owner:
+            for template, operations in document["paths"].items():
+                for method, operation in operations.items():
+                    method = method.upper()
+                    params = re.findall(r"{(\w+)}", template)
+                    if (method, template) in NOT_ORG_OBJECTS:
+                        continue
+                    if not params and not (method == "POST" and _names_an_org(document, operation)):
+                        continue  # a list of the key's own orgs' objects
+                    unknown = [name for name in params if name not in ids]
+                    assert not unknown, f"{method} {template}: give this test a globex {unknown}"
+                    assert not _names_an_org(document, operation) or (method, template) in bodies
+                    path = template.format(**ids)
+                    body = bodies.get((method, template))
+                    response = http.request(method, path, json=body)
+                    assert response.status_code == 404, (method, path, response.text)
+                    assert response.headers["content-type"].startswith(PROBLEM)
+                    if method == "GET":
+                        assert owner.get(path).status_code == 200, path
+                    tried.append((method, template))
+            # Nothing acme's key did touched globex's objects.
+            assert owner.get(f"/v1/domains/{ids['domain_id']}").status_code == 200
+            assert owner.get(f"/v1/webhooks/endpoints/{endpoint}").status_code == 200
+            listed = {k["id"] for k in owner.get("/v1/keys").json()["data"] if not k["revoked_at"]}
+            assert ids["key_id"] in listed
+    finally:
+        with client(world, "globex_key") as owner:
+            owner.delete(f"/v1/domains/{ids['domain_id']}")
+            owner.delete(f"/v1/keys/{ids['key_id']}")
+    print(f"{len(tried)} operations answered 404 for another org's objects")
+    assert len(tried) >= 20
+
+
+def test_endpoint_secret_rotation_disable_enable_and_delivery_attempts_over_http(
+    world: dict[str, Any], stack: Any, settings: Any
+) -> None:
+    """The webhook operations an org needs without a shell: rotate the secret, disable and
+    enable (the URL vetted again), and one delivery with every attempt."""
+    acme = world["acme"]["org_id"]
+    url = "https://127.0.0.1:9/hook"
+    allow = {"ORDERFLOW_WEBHOOK_ALLOW": "127.0.0.1/32"}
+    with api_server(stack, lambda port: allow) as allowed_base:
+        allowed = httpx.Client(base_url=allowed_base, headers=bearer(world["acme_key"]), timeout=30)
+        with allowed, client(world) as strict:
+            made = allowed.post("/v1/webhooks/endpoints", json={"org_id": acme, "url": url})
+            assert made.status_code == 201, made.text
+            endpoint, first_secret = made.json()["id"], made.json()["secret"]
+            try:
+                rotated = allowed.post(f"/v1/webhooks/endpoints/{endpoint}/rotate-secret")
+                assert rotated.status_code == 200, rotated.text
+                assert rotated.json()["secret"].startswith("whsec_")
+                assert rotated.json()["secret"] != first_secret
+                assert rotated.json()["previous_secret_active"] is True
+                shown = allowed.get(f"/v1/webhooks/endpoints/{endpoint}").json()
+                assert "secret" not in shown and first_secret not in json.dumps(shown)
+
+                disabled = allowed.post(f"/v1/webhooks/endpoints/{endpoint}/disable")
+                assert disabled.status_code == 200, disabled.text
+                assert disabled.json()["enabled"] is False
+                assert disabled.json()["disabled_reason"].startswith("disabled through the API")
+                # The server without the allow-list vets the URL again and refuses it.
+                refused = strict.post(f"/v1/webhooks/endpoints/{endpoint}/enable")
+                assert refused.status_code == 422
+                assert refused.headers["content-type"].startswith(PROBLEM)
+                assert "internal address" in refused.json()["detail"]
+                enabled = allowed.post(f"/v1/webhooks/endpoints/{endpoint}/enable")
+                assert enabled.status_code == 200, enabled.text
+                assert enabled.json()["enabled"] is True
+                assert enabled.json()["disabled_reason"] is None
+
+                delivery = _insert_delivery(settings, endpoint, acme, attempts=3)
+                detail = allowed.get(f"/v1/webhooks/deliveries/{delivery}")
+                assert detail.status_code == 200, detail.text
+                made_attempts = detail.json()["attempts_made"]
+                assert [a["status_code"] for a in made_attempts] == [503, 503, 503]
+                assert [a["duration_ms"] for a in made_attempts] == [40, 41, 42]
+                assert [a["response_excerpt"] for a in made_attempts] == [
+                    "busy 0",
+                    "busy 1",
+                    "busy 2",
+                ]
+                assert allowed.get(f"/v1/webhooks/deliveries/{uuid.uuid4()}").status_code == 404
+            finally:
+                assert allowed.delete(f"/v1/webhooks/endpoints/{endpoint}").status_code == 204

@@ -86,6 +86,52 @@ def delete_endpoint(endpoint_id: UUID, principal: Manage, conn: DbConn) -> None:
     conn.commit()
 
 
+@router.post("/endpoints/{endpoint_id}/rotate-secret", response_model=dict[str, Any])
+def rotate_secret(endpoint_id: UUID, principal: Manage, conn: DbConn, backends: BackendsDep) -> Any:
+    """A new signing secret, shown once; the old one keeps signing beside it for
+    ORDERFLOW_WEBHOOK_SECRET_GRACE, so the receiver can switch without a gap."""
+    grace = endpoints.UrlGuard.from_settings(backends.settings).secret_grace_seconds
+    rotated = endpoints.rotate_secret(conn, principal.org_ids, endpoint_id, grace_seconds=grace)
+    if rotated is None:
+        raise not_found("endpoint")
+    endpoint, secret = rotated
+    conn.commit()  # before the answer: the receiver may switch to the new secret at once
+    return {**endpoint, "secret": secret}
+
+
+@router.post("/endpoints/{endpoint_id}/disable", response_model=dict[str, Any])
+def disable_endpoint(endpoint_id: UUID, principal: Manage, conn: DbConn) -> Any:
+    """Stop delivering (pending deliveries fail; an endpoint.disabled event is recorded)."""
+    found = endpoints.disable_endpoint(
+        conn, principal.org_ids, endpoint_id, f"disabled through the API by key {principal.key_id}"
+    )
+    if found is None:
+        raise not_found("endpoint")
+    conn.commit()
+    return found
+
+
+@router.post("/endpoints/{endpoint_id}/enable", response_model=dict[str, Any])
+def enable_endpoint(
+    endpoint_id: UUID, principal: Manage, conn: DbConn, backends: BackendsDep
+) -> Any:
+    """Deliver again after a 410 or a long outage (the URL is vetted again first); failed
+    deliveries stay failed until `recover` re-queues a time window of them."""
+    try:
+        found = endpoints.enable_endpoint(
+            conn,
+            principal.org_ids,
+            endpoint_id,
+            guard=endpoints.UrlGuard.from_settings(backends.settings),
+        )
+    except endpoints.InvalidEndpoint as error:
+        raise ApiProblem(422, str(error)) from None
+    if found is None:
+        raise not_found("endpoint")
+    conn.commit()
+    return found
+
+
 @router.get("/endpoints/{endpoint_id}/deliveries", response_model=Listing)
 def list_deliveries(
     endpoint_id: UUID,
@@ -107,6 +153,15 @@ def recover(endpoint_id: UUID, body: Recover, principal: Manage, conn: DbConn) -
         raise not_found("endpoint")
     conn.commit()
     return {"requeued": count}
+
+
+@router.get("/deliveries/{delivery_id}", response_model=dict[str, Any])
+def get_delivery(delivery_id: UUID, principal: Manage, conn: DbConn) -> Any:
+    """One delivery with every attempt: time, address, status, latency, response excerpt."""
+    found = endpoints.get_delivery(conn, principal.org_ids, delivery_id)
+    if found is None:
+        raise not_found("delivery")
+    return found
 
 
 @router.post("/deliveries/{delivery_id}/redeliver", response_model=dict[str, Any])
