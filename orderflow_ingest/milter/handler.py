@@ -38,6 +38,7 @@ from orderflow_ingest.milter.dkim_check import (
     MAX_SIGNATURES,
     DkimVerdict,
     register_body_hash,
+    signature_tags,
     verify_signatures,
 )
 from orderflow_ingest.milter.dmarc import DmarcVerdict, check_dmarc, from_domains
@@ -83,12 +84,13 @@ class MessageState:
     recipients: list[str] = field(default_factory=list)
     slugs: list[str] = field(default_factory=list)
     spf: SpfVerdict | None = None
-    header_block: list[bytes] = field(default_factory=list)
+    headers: list[tuple[bytes, bytes]] = field(default_factory=list)  # (name, value + CRLF)
     header_bytes: int = 0
     headers_truncated: bool = False
     ar_claims: list[bool] = field(default_factory=list)
     from_domains: set[str] = field(default_factory=set)  # of every From header
     signatures: list[bytes] = field(default_factory=list)
+    signature_tags: list[dict[bytes, bytes] | None] = field(default_factory=list)
     signature_count: int = 0
     message_id: str | None = None
     body: BodyHashes = field(default_factory=BodyHashes)
@@ -288,7 +290,7 @@ class OrderflowMilter(Milter.Base):
             message.headers_truncated = True
         else:
             message.header_bytes += size
-            message.header_block.append(name_bytes + b":" + value + b"\r\n")
+            message.headers.append((name_bytes, value + b"\r\n"))
         if lname == "from":
             if len(message.from_domains) < MAX_FROM_DOMAINS:
                 message.from_domains.update(from_domains(text))
@@ -303,8 +305,11 @@ class OrderflowMilter(Milter.Base):
     @Milter.noreply
     @_observing
     def eoh(self) -> int:
-        for value in self.message.signatures:
-            register_body_hash(value, self.message.body)
+        message = self.message
+        # Each signature's tags are parsed once, here: for its body hash now, its check later.
+        message.signature_tags = [signature_tags(value) for value in message.signatures]
+        for tags in message.signature_tags:
+            register_body_hash(tags, message.body)
         return Milter.CONTINUE
 
     @Milter.noreply
@@ -356,10 +361,9 @@ class OrderflowMilter(Milter.Base):
             return [
                 DkimVerdict("permerror", None, None, None, None, None, "header block too large")
             ]
-        block = b"".join(message.header_block) + b"\r\n"
         budget = DnsBudget(self.config.dns, self.config.dns_timeout)
         verdicts = verify_signatures(
-            block, message.signatures, message.body, budget, self.config.dkim_l_policy
+            message.headers, message.signature_tags, message.body, budget, self.config.dkim_l_policy
         )
         for _ in range(message.signature_count - len(message.signatures)):
             verdicts.append(
