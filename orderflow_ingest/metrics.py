@@ -88,16 +88,28 @@ def count(name: str, amount: float = 1, **labels: Any) -> None:
 
 def observe(name: str, value: float, **labels: Any) -> None:
     """Record one observation of a histogram declared in HISTOGRAMS."""
-    bucket = name + "_bucket"
-    increments = [
-        (field_name(bucket, {**labels, "le": bound}), 1.0)
-        for bound in HISTOGRAMS[name]
-        if value <= bound
-    ]
-    increments.append((field_name(bucket, {**labels, "le": "+Inf"}), 1.0))
-    increments.append((field_name(name + "_sum", labels), value))
-    increments.append((field_name(name + "_count", labels), 1.0))
+    buckets, inf, total, count_field = _histogram_fields(
+        name, tuple(sorted((key, str(value)) for key, value in labels.items()))
+    )
+    increments = [(field, 1.0) for bound, field in buckets if value <= bound]
+    increments += [(inf, 1.0), (total, value), (count_field, 1.0)]
     _add(*increments)
+
+
+@lru_cache(maxsize=1024)
+def _histogram_fields(
+    name: str, labels: tuple[tuple[str, str], ...]
+) -> tuple[tuple[tuple[float, str], ...], str, str, str]:
+    """Every field one series of a histogram writes, built once per series (the delivery
+    path observes several histograms per message)."""
+    plain = dict(labels)
+    bucket = name + "_bucket"
+    return (
+        tuple((bound, field_name(bucket, {**plain, "le": bound})) for bound in HISTOGRAMS[name]),
+        field_name(bucket, {**plain, "le": "+Inf"}),
+        field_name(name + "_sum", plain),
+        field_name(name + "_count", plain),
+    )
 
 
 @contextmanager
