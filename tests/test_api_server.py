@@ -116,6 +116,35 @@ def test_message_filters_and_cursor_pagination(world: dict[str, Any]) -> None:
     assert len(seen) == len(set(seen))
 
 
+def test_sender_subject_and_time_range_filters(world: dict[str, Any]) -> None:
+    from datetime import timedelta
+
+    row = world["acme"]
+    received = row["received_at"]
+    second = timedelta(seconds=1)
+    middle = row["subject"][2:-2].swapcase()  # a substring, in another case
+
+    def ids(**params: Any) -> set[str]:
+        with client(world) as http:
+            response = http.get("/v1/messages", params={"limit": 200, **params})
+        assert response.status_code == 200, response.text
+        return {item["id"] for item in response.json()["data"]}
+
+    assert row["id"] in ids(sender=row["from_email"].upper())
+    assert row["id"] in ids(sender=row["envelope_sender"])
+    assert row["id"] not in ids(sender="nobody@nowhere.test")
+    assert row["id"] in ids(subject=middle)
+    assert row["id"] not in ids(subject=row["subject"] + " and more")
+    window = {
+        "received_after": (received - second).isoformat(),
+        "received_before": (received + second).isoformat(),
+    }
+    assert row["id"] in ids(**window)
+    assert row["id"] not in ids(received_after=(received + second).isoformat())
+    assert row["id"] not in ids(received_before=received.isoformat())  # before is exclusive
+    assert ids(**window, sender=row["from_email"], subject=middle) == {row["id"]}
+
+
 def test_one_message_has_verdicts_history_documents_and_skipped_parts(
     world: dict[str, Any],
 ) -> None:

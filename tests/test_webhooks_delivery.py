@@ -107,6 +107,9 @@ def test_retry_after_is_honoured(wh: Any, org: str, receiver: Receiver) -> None:
     first, second = receiver.requests[:2]
     # The schedule says 0.2 s; the receiver asked for 2 s.
     assert second.at - first.at >= 1.9
+    # Same webhook-id (the idempotency key), a timestamp of its own per attempt.
+    assert first.webhook_id == second.webhook_id
+    assert int(second.headers["webhook-timestamp"]) > int(first.headers["webhook-timestamp"])
 
 
 def test_410_disables_the_endpoint_with_an_event(wh: Any, org: str, receiver: Receiver) -> None:
