@@ -53,6 +53,8 @@ VERDICTS = "orderflow_milter_verdicts_total"
 # only bounds memory against a header block of thousands of addresses.
 MAX_FROM_DOMAINS = 16
 POSTFIX_OWN_RECEIVED = 1  # insert-header index just below Postfix's Received header
+# The headers the milter reads; any other is only kept for DKIM.
+_READ_HEADERS = frozenset(("authentication-results", "from", "dkim-signature", "message-id"))
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -274,24 +276,29 @@ class OrderflowMilter(Milter.Base):
     @Milter.noreply
     @_observing
     def header(self, name: str | bytes, value: bytes) -> int:
+        # Called once per header (a signed message has about twice as many): only the four
+        # headers we read are decoded and looked at; every other one is an append.
         message = self.message
         if isinstance(name, str):
             name_bytes = name.encode("ascii", "surrogateescape")
         else:
             name_bytes, name = name, name.decode("ascii", "replace")
-        lname = name.lower()
-        # Postfix sends continuation lines joined by LF; DKIM hashes them as CRLF.
-        value = value.replace(b"\r\n", b"\n").replace(b"\n", b"\r\n")
-        text = value.decode("utf-8", "surrogateescape")
-        if lname == "authentication-results":
-            message.ar_claims.append(claims(text, self.config.authserv_id))
+        if b"\n" in value:
+            # Postfix sends continuation lines joined by LF; DKIM hashes them as CRLF.
+            value = value.replace(b"\r\n", b"\n").replace(b"\n", b"\r\n")
         size = len(name_bytes) + len(value) + 3
         if message.header_bytes + size > self.config.max_header_bytes:
             message.headers_truncated = True
         else:
             message.header_bytes += size
             message.headers.append((name_bytes, value + b"\r\n"))
-        if lname == "from":
+        lname = name.lower()
+        if lname not in _READ_HEADERS:
+            return Milter.CONTINUE
+        text = value.decode("utf-8", "surrogateescape")
+        if lname == "authentication-results":
+            message.ar_claims.append(claims(text, self.config.authserv_id))
+        elif lname == "from":
             if len(message.from_domains) < MAX_FROM_DOMAINS:
                 message.from_domains.update(from_domains(text))
         elif lname == "dkim-signature":
