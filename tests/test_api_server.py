@@ -650,5 +650,14 @@ def test_endpoint_secret_rotation_disable_enable_and_delivery_attempts_over_http
                     "busy 2",
                 ]
                 assert allowed.get(f"/v1/webhooks/deliveries/{uuid.uuid4()}").status_code == 404
+                # Recover the window that failed: the delivery is pending again, same id.
+                window = {"since": "2020-01-01T00:00:00Z", "until": "2020-01-02T00:00:00Z"}
+                recover = f"/v1/webhooks/endpoints/{endpoint}/recover"
+                assert allowed.post(recover, json=window).json() == {"requeued": 0}
+                window["until"] = "2999-01-01T00:00:00Z"
+                assert allowed.post(recover, json=window).json() == {"requeued": 1}
+                again = allowed.get(f"/v1/webhooks/deliveries/{delivery}").json()
+                assert (again["status"], again["attempts"]) == ("pending", 0)
+                assert again["webhook_id"] == detail.json()["webhook_id"]
             finally:
                 assert allowed.delete(f"/v1/webhooks/endpoints/{endpoint}").status_code == 204
