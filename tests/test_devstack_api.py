@@ -134,6 +134,11 @@ def test_demo_leaves_the_inbox_running_with_a_working_sign_in_link(demo_dir: Pat
     )
     assert demo.returncode == 0, demo.stdout[-3000:] + demo.stderr[-3000:]
     output = demo.stdout
+    # The README's promise (issue 11): a raw download through a signed link, and webhooks
+    # arriving at a local receiver whose standardwebhooks check accepts their signatures.
+    assert "sha256 equal to the row's" in output, output[-3000:]
+    assert re.search(r"^\s+verified evt_\d+: message\.parsed$", output, re.M), output[-3000:]
+    assert "failed verification" not in output, output[-3000:]
 
     stack = Stack.load(demo_dir)
     assert set(stack.ctx.state.processes) >= {"postfix", "deliver", "milter", "worker-1", "api"}
