@@ -12,7 +12,11 @@ from hypothesis import strategies as st
 
 from orderflow_ingest import auth_verdicts
 from orderflow_ingest.auth_verdicts import authserv_id_of, claims, parse_our_verdicts
-from orderflow_ingest.milter.authresults_header import header_value, indices_to_remove
+from orderflow_ingest.milter.authresults_header import (
+    authres_header_value,
+    header_value,
+    indices_to_remove,
+)
 from orderflow_ingest.milter.dkim_check import DkimVerdict
 from orderflow_ingest.milter.dmarc import DmarcVerdict
 from orderflow_ingest.milter.spf_check import SpfVerdict
@@ -267,3 +271,52 @@ def test_other_shapes_of_our_header_are_read_by_authres(value: str) -> None:
         else:
             expected.setdefault(method, []).append(entry)  # type: ignore[union-attr]
     assert parse_our_verdicts([value], ID) == expected
+
+
+_ANY_TEXT = st.text(max_size=20)  # also control characters, newlines, non-ASCII
+
+
+@given(
+    spf=st.one_of(
+        st.none(),
+        _SPF,
+        st.builds(
+            SpfVerdict,
+            _TEXT.filter(bool),
+            st.sampled_from(["mailfrom", "helo"]),
+            _TEXT,
+            _ANY_TEXT,
+            _ANY_TEXT,
+            _TEXT,
+        ),
+    ),
+    dkim=st.lists(
+        st.one_of(
+            _DKIM,
+            st.builds(
+                DkimVerdict,
+                _TEXT.filter(bool),
+                _ANY_TEXT,
+                _ANY_TEXT,
+                _ANY_TEXT,
+                st.none(),
+                _ANY_TEXT,
+                st.one_of(st.none(), _ANY_TEXT),
+                st.one_of(st.none(), st.integers(0, 10**9)),
+            ),
+        ),
+        max_size=3,
+    ),
+    dmarc=st.one_of(
+        st.none(),
+        _DMARC,
+        st.builds(DmarcVerdict, _TEXT.filter(bool), _ANY_TEXT, _ANY_TEXT, st.none(), _ANY_TEXT),
+    ),
+)
+@pytest.mark.slow  # hypothesis, a few seconds
+@settings(max_examples=500, deadline=None)
+def test_header_is_written_byte_for_byte_as_authres_writes_it(
+    spf: SpfVerdict | None, dkim: list[DkimVerdict], dmarc: DmarcVerdict | None
+) -> None:
+    """The milter renders the header itself (cheaper); authres is the reference."""
+    assert header_value(ID, spf, dkim, dmarc) == authres_header_value(ID, spf, dkim, dmarc)

@@ -1,4 +1,9 @@
-"""Our one Authentication-Results header (RFC 8601), built with authres.
+"""Our one Authentication-Results header (RFC 8601), written as authres writes it.
+
+`header_value` renders the few clauses we write directly (authres builds an object per
+result and per property and runs two uncompiled regexes per value: 10-20 us a message);
+`authres_header_value`, the same through authres, is the reference a property test holds it
+to, byte for byte.
 
 Every value that goes into it came from the sender (envelope address, HELO, d= and s= of a
 signature, the From domain), so each is checked against the syntax it must have and left out
@@ -86,7 +91,7 @@ def dmarc_result(verdict: DmarcVerdict) -> authres.dmarc.DMARCAuthenticationResu
     )
 
 
-def header_value(
+def authres_header_value(
     authserv_id: str,
     spf: SpfVerdict | None,
     dkim: Sequence[DkimVerdict],
@@ -106,6 +111,80 @@ def header_value(
     # authres renders a header on one line; we fold between results (RFC 5322 2.2.3), never
     # inside one, where a quoted reason may contain "; ".
     return " " + authserv_id.lower() + "".join(";\n\t" + str(result) for result in results)
+
+
+# authres's QuotableValue.quote_if_needed and AuthenticationResult's reason clean-up.
+_RFC2045_TOKEN = re.compile("^" + authres.core.RFC2045_TOKEN_PATTERN + "$")
+_QUOTE_ESCAPE = re.compile(r'(["\\])')
+_UNPRINTABLE = re.compile(r"[^\x20-\x7e]")
+
+
+def _quoted(value: str) -> str:
+    if "@" in value or _RFC2045_TOKEN.match(value):
+        return value
+    return '"' + _QUOTE_ESCAPE.sub(r"\\\1", value) + '"'
+
+
+def _clause(
+    method: str, result: str, reason: str | None, *properties: tuple[str, str | None]
+) -> str:
+    parts = [method, "=", result.lower()]
+    if reason:
+        parts.append(" reason=" + _quoted(_UNPRINTABLE.sub("?", reason)))
+    for name, value in properties:
+        if value:
+            parts.append(f" {name}={_quoted(value)}")
+    return "".join(parts)
+
+
+def _spf_clause(verdict: SpfVerdict) -> str:
+    if verdict.identity == "helo":
+        helo = verdict.helo if verdict.helo and _IP_LITERAL.match(verdict.helo) else None
+        return _clause("spf", verdict.result, None, ("smtp.helo", _domain(verdict.helo) or helo))
+    return _clause("spf", verdict.result, None, ("smtp.mailfrom", _address(verdict.mailfrom)))
+
+
+def _dkim_clause(verdict: DkimVerdict) -> str:
+    return _clause(
+        "dkim",
+        verdict.result,
+        verdict.reason,
+        ("header.d", _domain(verdict.domain)),
+        ("header.a", _token(verdict.algorithm)),
+        ("header.s", _token(verdict.selector)),
+        ("header.b", _token(verdict.signature_prefix)),
+        ("header.l", str(verdict.length) if verdict.length is not None else None),
+    )
+
+
+def _dmarc_clause(verdict: DmarcVerdict) -> str:
+    return _clause(
+        "dmarc",
+        verdict.result,
+        verdict.reason if verdict.result != "pass" else None,
+        ("header.from", _domain(verdict.from_domain)),
+        ("policy.dmarc", verdict.policy),
+    )
+
+
+def header_value(
+    authserv_id: str,
+    spf: SpfVerdict | None,
+    dkim: Sequence[DkimVerdict],
+    dmarc: DmarcVerdict | None,
+) -> str:
+    """The header value, folded one result per line, with the leading space we negotiate
+    to send ourselves (SMFIP_HDR_LEADSPC): what `authres_header_value` gives, cheaper."""
+    clauses: list[str] = []
+    if spf is not None:
+        clauses.append(_spf_clause(spf))
+    if dkim:
+        clauses.extend(_dkim_clause(verdict) for verdict in dkim)
+    else:
+        clauses.append("dkim=none")
+    if dmarc is not None:
+        clauses.append(_dmarc_clause(dmarc))
+    return " " + authserv_id.lower() + "".join(";\n\t" + clause for clause in clauses)
 
 
 def indices_to_remove(claimed: Sequence[bool]) -> list[int]:
