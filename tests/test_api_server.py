@@ -336,6 +336,32 @@ def test_a_key_cannot_create_a_key_with_more_than_it_has(world: dict[str, Any]) 
     )
 
 
+def test_a_key_admin_grants_every_permission_it_holds_for_an_org_id_in_any_case(
+    world: dict[str, Any],
+) -> None:
+    """All seven permissions fit in one request (the body once allowed six), and an org id is
+    a UUID however it is spelled."""
+    with client(world) as http:
+        made = http.post(
+            "/v1/keys",
+            json={
+                "name": "everything",
+                "org_ids": [world["acme"]["org_id"].upper()],
+                "permissions": list(ALL_PERMISSIONS),
+            },
+        )
+        assert made.status_code == 201, made.text
+        assert made.json()["org_ids"] == [world["acme"]["org_id"]]
+        assert sorted(made.json()["permissions"]) == sorted(ALL_PERMISSIONS)
+        not_an_id = http.post(
+            "/v1/keys",
+            json={"name": "x", "org_ids": ["acme"], "permissions": ["messages:read"]},
+        )
+        assert http.delete(f"/v1/keys/{made.json()['id']}").status_code == 200
+    assert not_an_id.status_code == 422
+    assert not_an_id.headers["content-type"].startswith(PROBLEM)
+
+
 def test_reprocess_through_the_api_reopens_and_records_the_event(world: dict[str, Any]) -> None:
     with client(world) as http:
         response = http.post(f"/v1/messages/{world['acme']['id']}/reprocess")

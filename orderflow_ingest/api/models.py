@@ -4,8 +4,11 @@ from __future__ import annotations
 
 from datetime import datetime
 from typing import Any
+from uuid import UUID
 
 from pydantic import BaseModel, Field
+
+from orderflow_ingest.keys import PERMISSIONS
 
 
 class MessageSummary(BaseModel):
@@ -124,8 +127,8 @@ class KeyList(BaseModel):
 
 class NewKey(BaseModel):
     name: str = Field(min_length=1, max_length=200)
-    org_ids: list[str] = Field(min_length=1, max_length=100)
-    permissions: list[str] = Field(min_length=1, max_length=6)
+    org_ids: list[UUID] = Field(min_length=1, max_length=100)
+    permissions: list[str] = Field(min_length=1, max_length=len(PERMISSIONS))
     expires_at: datetime | None = None
     allowed_ips: list[str] | None = Field(default=None, max_length=100)
 

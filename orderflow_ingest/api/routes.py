@@ -232,7 +232,8 @@ def list_keys(principal: KeysAdmin, conn: DbConn) -> Any:
 @router.post("/keys", response_model=models.CreatedKey, status_code=201, tags=["keys"])
 def create_key(body: models.NewKey, principal: KeysAdmin, conn: DbConn) -> Any:
     """A new key for some of this key's orgs with some of its permissions; the secret once."""
-    outside = sorted(set(body.org_ids) - set(principal.org_ids))
+    org_ids = sorted({str(org) for org in body.org_ids})  # canonical form, whatever was sent
+    outside = sorted(set(org_ids) - set(principal.org_ids))
     if outside:
         raise not_found("org")
     beyond = sorted(set(body.permissions) - principal.permissions)
@@ -242,7 +243,7 @@ def create_key(body: models.NewKey, principal: KeysAdmin, conn: DbConn) -> Any:
         row, secret = keys.create_key(
             conn,
             name=body.name,
-            org_ids=body.org_ids,
+            org_ids=org_ids,
             permissions=body.permissions,
             created_by=f"api key {principal.key_id}",
             expires_at=body.expires_at,
