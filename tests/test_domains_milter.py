@@ -6,6 +6,7 @@ import pytest
 
 from orderflow_ingest.milter.recipients import (
     DOMAIN_MX_LOST,
+    DOMAIN_PENDING,
     DOMAIN_SUSPENDED,
     CustomDomain,
     DirectoryUnavailable,
@@ -44,7 +45,8 @@ def directory(
         ("verified", "someone@po.acme.test", "reject", "unknown_local_part", None),
         ("mx_lost", "orders@po.acme.test", "tempfail", "domain_mx_lost", DOMAIN_MX_LOST),
         ("suspended", "orders@po.acme.test", "reject", "domain_suspended", DOMAIN_SUSPENDED),
-        ("pending", "orders@po.acme.test", "reject", "domain_pending", None),
+        ("pending", "orders@po.acme.test", "tempfail", "domain_pending", DOMAIN_PENDING),
+        ("removed", "orders@po.acme.test", "reject", "domain_removed", None),
     ],
 )
 def test_states_and_local_parts(
@@ -59,6 +61,7 @@ def test_replies_are_the_issue_s() -> None:
     assert (DOMAIN_MX_LOST.code, DOMAIN_MX_LOST.status) == ("451", "4.7.1")
     assert DOMAIN_MX_LOST.temporary
     assert (DOMAIN_SUSPENDED.code, DOMAIN_SUSPENDED.status) == ("550", "5.7.1")
+    assert (DOMAIN_PENDING.code, DOMAIN_PENDING.status) == ("451", "4.7.1")
 
 
 def test_accept_all_and_disabled_org() -> None:
@@ -86,7 +89,12 @@ def test_role_mailboxes_of_a_verified_custom_domain_are_accepted(
 
 @pytest.mark.parametrize(
     ("state", "decision"),
-    [("mx_lost", "tempfail"), ("suspended", "reject"), ("pending", "reject")],
+    [
+        ("mx_lost", "tempfail"),
+        ("suspended", "reject"),
+        ("pending", "tempfail"),
+        ("removed", "reject"),
+    ],
 )
 def test_role_mailboxes_follow_a_domain_that_is_not_verified(state: str, decision: str) -> None:
     verdict = decide(

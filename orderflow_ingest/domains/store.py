@@ -145,11 +145,14 @@ def counts_by_state(conn: Conn) -> dict[str, int]:
 
 
 def rcpt_lookup(conn: Conn, domain: str) -> dict[str, Any] | None:
-    """What the milter needs at RCPT for a domain that is not an ingest domain."""
+    """What the milter needs at RCPT for a domain that is not an ingest domain: the live
+    row, else the last removed one with state 'removed' (an smtpd process may still hold
+    the domain as a relay domain from before its removal: the milter refuses it then)."""
     return conn.execute(
-        "SELECT d.state, d.accept_all, d.local_parts, o.slug::text AS org_slug,"
+        "SELECT CASE WHEN d.removed_at IS NULL THEN d.state ELSE 'removed' END AS state,"
+        " d.accept_all, d.local_parts, o.slug::text AS org_slug,"
         " CASE WHEN o.deleted_at IS NULL THEN o.status ELSE 'deleted' END AS org_status"
-        f" FROM {FROM} WHERE {LIVE} AND d.domain = %s",
+        f" FROM {FROM} WHERE d.domain = %s ORDER BY d.removed_at DESC NULLS FIRST LIMIT 1",
         (domain.rstrip(".").lower(),),
     ).fetchone()
 

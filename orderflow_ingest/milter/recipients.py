@@ -38,7 +38,7 @@ OrgLookup = Callable[[str], OrgStatus]
 class CustomDomain:
     """What RCPT needs of a custom domain (sql/009, orderflow_ingest/domains)."""
 
-    state: str  # pending | verified | mx_lost | suspended
+    state: str  # pending | verified | mx_lost | suspended | removed
     org_slug: str
     org_status: OrgStatus
     accept_all: bool
@@ -168,6 +168,11 @@ DOMAIN_MX_LOST = replies.Reply(
     "451", "4.7.1", "this domain's mail is not routed to this service now, try again later"
 )
 DOMAIN_SUSPENDED = replies.Reply("550", "5.7.1", "this domain no longer receives mail here")
+# Added but not verified yet: its MX may point here already (the customer switched it before
+# our checks passed twice); senders retry and get through once it is verified.
+DOMAIN_PENDING = replies.Reply(
+    "451", "4.7.1", "this domain is not verified for this service yet, try again later"
+)
 
 
 @dataclass(frozen=True)
@@ -195,8 +200,10 @@ def decide_custom(address: str, directory: OrgDirectory) -> RcptDecision:
         return RcptDecision("tempfail", "domain_mx_lost", slug, DOMAIN_MX_LOST)
     if found.state == "suspended":
         return RcptDecision("reject", "domain_suspended", slug, DOMAIN_SUSPENDED)
-    if found.state != "verified":  # pending: Postfix refuses it already; never accepted here
-        return RcptDecision("reject", "domain_pending", slug)
+    if found.state == "removed":  # still a relay domain in an older smtpd process
+        return RcptDecision("reject", "domain_removed", slug)
+    if found.state != "verified":
+        return RcptDecision("tempfail", "domain_pending", slug, DOMAIN_PENDING)
     if is_role_mailbox(address):  # RFC 5321 §4.5.1: Postfix routes it to the operator
         return RcptDecision("accept", "role_mailbox")
     if not found.accepts(local):
