@@ -46,6 +46,7 @@ from typing import Any
 
 import psycopg
 import pytest
+import yaml
 from psycopg.rows import dict_row
 
 from orderflow_ingest.devstack.postfix import without_custom_role_mailboxes
@@ -82,19 +83,11 @@ SERVICES = (
     ("orderflow-ingest-worker@.service", "1"),
     ("orderflow-ingest-exporter.service", None),
 )
-UNIT_FILES = (
-    "orderflow-ingest.target",
-    "orderflow-ingest-deliver.service",
-    "orderflow-ingest-milter.service",
-    "orderflow-ingest-worker@.service",
-    "orderflow-ingest-exporter.service",
-    "orderflow-ingest-sweep.service",
-    "orderflow-ingest-sweep.timer",
-    "orderflow-ingest-api.service",
-    "orderflow-ingest-events-prune.service",
-    "orderflow-ingest-events-prune.timer",
-    "orderflow-ingest-purge.service",
-    "orderflow-ingest-purge.timer",
+# Every unit the role renders, as its vars list them (one list: a new unit is checked too).
+UNIT_FILES = tuple(
+    yaml.safe_load((REPO / "ansible/roles/orderflow_ingest/vars/main.yml").read_text())[
+        "orderflow_ingest__unit_files"
+    ]
 )
 SNAPSHOT_IGNORE = shutil.ignore_patterns(
     ".git",
