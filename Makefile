@@ -30,6 +30,7 @@ bench: system-deps $(STAMP) $(CLIENT)
 	$(PY) bench/drain_vs_peer.py
 	$(PY) bench/extract_memory.py
 	$(PY) bench/milter_throughput.py
+	$(PY) bench/event_log_cost.py
 
 reliability: system-deps $(STAMP) $(CLIENT)
 	$(VENV)/bin/pytest -q -m reliability tests/reliability
