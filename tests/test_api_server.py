@@ -676,6 +676,15 @@ def test_endpoint_secret_rotation_disable_enable_and_delivery_attempts_over_http
                     "busy 2",
                 ]
                 assert allowed.get(f"/v1/webhooks/deliveries/{uuid.uuid4()}").status_code == 404
+                listing = f"/v1/webhooks/endpoints/{endpoint}/deliveries"
+
+                def listed(status: str) -> list[str]:
+                    found = allowed.get(listing, params={"status": status})
+                    assert found.status_code == 200, found.text
+                    return [row["id"] for row in found.json()["data"]]
+
+                assert (listed("failed"), listed("pending")) == ([str(delivery)], [])
+                assert allowed.get(listing, params={"status": "lost"}).status_code == 422
                 # Recover the window that failed: the delivery is pending again, same id.
                 window = {"since": "2020-01-01T00:00:00Z", "until": "2020-01-02T00:00:00Z"}
                 recover = f"/v1/webhooks/endpoints/{endpoint}/recover"
@@ -685,5 +694,6 @@ def test_endpoint_secret_rotation_disable_enable_and_delivery_attempts_over_http
                 again = allowed.get(f"/v1/webhooks/deliveries/{delivery}").json()
                 assert (again["status"], again["attempts"]) == ("pending", 0)
                 assert again["webhook_id"] == detail.json()["webhook_id"]
+                assert (listed("failed"), listed("pending")) == ([], [str(delivery)])
             finally:
                 assert allowed.delete(f"/v1/webhooks/endpoints/{endpoint}").status_code == 204

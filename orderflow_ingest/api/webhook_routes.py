@@ -7,7 +7,7 @@ this module maps its None ("not within these orgs") to 404 and its refusals to 4
 from __future__ import annotations
 
 from datetime import datetime
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 from uuid import UUID
 
 from fastapi import APIRouter, Depends, Query
@@ -138,8 +138,11 @@ def list_deliveries(
     principal: Manage,
     conn: DbConn,
     limit: Annotated[int, Query(ge=1, le=500)] = 100,
+    status: Annotated[Literal["pending", "delivered", "failed"] | None, Query()] = None,
 ) -> Any:
-    found = endpoints.list_deliveries(conn, principal.org_ids, endpoint_id, limit=limit)
+    """The endpoint's deliveries, newest first; `status` keeps those in one state (e.g. the
+    failed ones to redeliver, as the CLI's `webhook deliveries --status`)."""
+    found = endpoints.list_deliveries(conn, principal.org_ids, endpoint_id, limit, status)
     if found is None:
         raise not_found("endpoint")
     return {"data": found}
