@@ -28,12 +28,11 @@ from __future__ import annotations
 import argparse
 import functools
 import hashlib
-import multiprocessing
 import time
 from collections.abc import Callable
-from typing import Any
 
 import dkim
+from child_cpu import cpu_in_child
 from dkim.canonicalization import CanonicalizationPolicy
 
 from orderflow_ingest.milter.dkim_body import BodyHashes, BodyHashKey
@@ -81,22 +80,9 @@ def dkimpy(data: bytes) -> None:
     hashlib.sha256(policy.canonicalize_body(parsed)).digest()
 
 
-def _child_cpu(data: bytes, out: Any) -> None:
-    out.put(cpu(lambda: dkimpy(data)))
-
-
 def baseline(data: bytes, timeout: float) -> float | None:
     """dkimpy's CPU seconds for `data`, or None when it took longer than `timeout`."""
-    context = multiprocessing.get_context("fork")
-    out = context.SimpleQueue()
-    child = context.Process(target=_child_cpu, args=(data, out), daemon=True)
-    child.start()
-    child.join(timeout)
-    if child.is_alive():
-        child.kill()
-        child.join()
-        return None
-    return float(out.get()) if not out.empty() else None
+    return cpu_in_child(lambda: dkimpy(data), timeout)
 
 
 def main() -> None:

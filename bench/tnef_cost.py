@@ -25,18 +25,15 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import multiprocessing
 import os
-import resource
 import struct
 import sys
 import tempfile
-from collections.abc import Callable
 from pathlib import Path
-from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
 
+from child_cpu import cpu_in_child, cpu_seconds
 from mime_builders import PDF, tnef_blob
 
 from orderflow_ingest.jobs import sandbox, tnef
@@ -72,12 +69,6 @@ def files(size: int) -> bytes:
     )
 
 
-def cpu_seconds() -> float:
-    own = resource.getrusage(resource.RUSAGE_SELF)
-    kids = resource.getrusage(resource.RUSAGE_CHILDREN)
-    return own.ru_utime + own.ru_stime + kids.ru_utime + kids.ru_stime
-
-
 def ours(blob: bytes) -> tuple[float, str]:
     """CPU seconds of tnef.unpack_file on `blob` and what it made of it."""
     with tempfile.TemporaryDirectory() as spool:
@@ -99,24 +90,9 @@ def _tnefparse(blob: bytes) -> None:
         TNEF(blob, do_checksum=False)
 
 
-def _child_cpu(work: Callable[[], object], out: Any) -> None:
-    started = cpu_seconds()
-    work()
-    out.put(cpu_seconds() - started)
-
-
 def baseline(blob: bytes, timeout: float) -> float | None:
     """tnefparse's CPU seconds for `blob` (before the fix), None past `timeout`."""
-    context = multiprocessing.get_context("fork")
-    out = context.SimpleQueue()
-    child = context.Process(target=_child_cpu, args=(lambda: _tnefparse(blob), out), daemon=True)
-    child.start()
-    child.join(timeout)
-    if child.is_alive():
-        child.kill()
-        child.join()
-        return None
-    return float(out.get()) if not out.empty() else None
+    return cpu_in_child(lambda: _tnefparse(blob), timeout)
 
 
 def main() -> None:
