@@ -266,6 +266,17 @@ def test_postgres_restart_keeps_rows(stack: Stack, settings: Any) -> None:
         assert conn.execute("SELECT count(*) FROM org").fetchone()[0] >= 3  # type: ignore[index]
 
 
+def test_postfix_restart_while_postgres_runs_keeps_its_port(stack: Stack) -> None:
+    """Postfix's configuration names PostgreSQL's port (custom domains through proxy:pgsql:):
+    rendering it again must read that port, not claim it (it is PostgreSQL's, and in use)."""
+    assert stack.running("postgres")
+    port = stack.smtp_port
+    stack.restart_component("postfix")
+    assert stack.running("postfix") and stack.smtp_port == port
+    with smtplib.SMTP(stack.smtp_host, port, timeout=30) as smtp:
+        assert smtp.ehlo()[0] == 250
+
+
 def test_unknown_component_is_a_clear_error(stack: Stack) -> None:
     with pytest.raises(Exception, match="unknown component"):
         stack.stop_component("mysql")

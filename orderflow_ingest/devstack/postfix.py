@@ -198,7 +198,9 @@ class Postfix(Component):
             postfix_role_password,
         )
 
-        port = self.ctx.ports("postgres", ("port",))["port"]
+        # Read, not `ports()`: that one checks the port is free for postgres's own start,
+        # and fails whenever Postfix is (re)started while PostgreSQL runs.
+        port = self.ctx.port("postgres.port")
         host = self.ctx.options.listen_address
         return {
             "pgsql_hosts": f"inet:{host}:{port}",
