@@ -312,9 +312,13 @@ class Hosts(Harness):
         def kill_all() -> bool:
             # Again until none is left: a dying master may still have forked a child.
             found = [pid for pid in self.lab.pids(host) if _pgid(pid) not in spared]
-            for pid in found:
-                with contextlib.suppress(ProcessLookupError):
-                    os.kill(pid, signal.SIGKILL)
+            # Frozen first, all of them, then killed: no process may see another one die
+            # and answer for it (smtpd replies 451 when its milter's socket closes, so the
+            # sender would not see the cut its transaction is meant to suffer).
+            for sig in (signal.SIGSTOP, signal.SIGKILL):
+                for pid in found:
+                    with contextlib.suppress(ProcessLookupError):
+                        os.kill(pid, sig)
             victims.update(found)
             for name in ("deliver", "milter"):  # reap our own children: no zombies left
                 popen = stack.ctx.children.get(name)
