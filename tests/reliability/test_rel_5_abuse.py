@@ -75,14 +75,30 @@ def test_relaying_to_foreign_domains_is_refused(
     rel: Harness, source: tuple[str, int] | None
 ) -> None:
     window = rel.window()
-    answers = {}
-    with smtp_from(rel, source) as smtp:
-        smtp.mail("someone@load.test")
-        for rcpt in FOREIGN:
-            answers[rcpt] = smtp.rcpt(rcpt)
-        smtp.rset()
-    refused = {rcpt: code for rcpt, (code, _text) in answers.items() if 500 <= code < 600}
-    assert refused == {rcpt: code for rcpt, (code, _t) in answers.items()}, answers
+    seen: list[dict[str, tuple[int, bytes]]] = []
+
+    def answered() -> dict[str, tuple[int, bytes]] | None:
+        with smtp_from(rel, source) as smtp:
+            smtp.mail("someone@load.test")
+            answers = {rcpt: smtp.rcpt(rcpt) for rcpt in FOREIGN}
+            smtp.rset()
+        seen.append(answers)
+        return answers if all(500 <= code < 600 for code, _ in answers.values()) else None
+
+    # A foreign domain is looked up in the custom domains (proxy:pgsql:). After a PostgreSQL
+    # restart (scenario 3 ran before) the first look-up finds proxymap's connection dead and
+    # Postfix answers 451 4.3.0 "Temporary lookup failure" for about a minute (measured 60 s,
+    # postfix-config/README.md): still no relay. Every 5 s: the stranger's connections count
+    # toward anvil's 60 a minute.
+    answers = wait_for(answered, 150, "5xx for every foreign form", interval=5)
+    for earlier in seen:
+        for rcpt, (code, text) in earlier.items():
+            assert code >= 500 or (code == 451 and b"Temporary lookup failure" in text), (
+                rcpt,
+                code,
+                text,
+            )
+    refused = {rcpt: code for rcpt, (code, _text) in answers.items()}
     assert "status=" not in rel.maillog_since(window)  # nothing queued, nothing relayed
     FINDINGS.append(
         [
