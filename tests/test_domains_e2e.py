@@ -315,6 +315,17 @@ def test_mail_queued_before_removal_is_stored_for_the_org_not_bounced(
         conn.rollback()
         assert row is not None and row["status"] in ("STORED", "PARSED"), recipient
         assert row["slug"] == "acme"
+    # A domain an org added but never proved is nobody's: Postfix relays it (it is pending),
+    # so mail Postfix makes itself for it (a bounce) must not land in that org's inbox.
+    unproved = f"unproved-{uuid.uuid4().hex[:8]}.customer.test"
+    result = cli(domain_stack, "domain", "add", "acme", unproved, "--accept-all")
+    assert result.returncode == 0, result.stderr
+    message = order_email(to=f"orders@{unproved}", sender=SENDER)
+    assert (
+        hand_to_delivery_service(domain_stack, message.as_bytes(), SENDER, f"orders@{unproved}")
+        == 67
+    )
+    assert cli(domain_stack, "domain", "remove", unproved).returncode == 0
     # A domain no org ever had is still an unknown recipient.
     stranger = f"orders@never-ours-{uuid.uuid4().hex[:8]}.test"
     message = order_email(to=stranger, sender=SENDER)

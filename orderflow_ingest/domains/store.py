@@ -169,9 +169,13 @@ def org_slug_for_recipient(conn: Conn, domain: str) -> str | None:
     No state or local-part test here: the milter's RCPT check is the gate, and mail Postfix
     queued while it passed must not bounce because the domain lost its MX, its local-part list
     changed or it was removed since (an accepted order is never bounced for our own change).
+    Only a domain that was verified once counts: a pending one is a relay domain for Postfix
+    (sql/012), so mail Postfix makes itself (a bounce to a sender there) would otherwise be
+    stored for whichever org merely typed the domain in.
     """
     row = conn.execute(
-        f"SELECT o.slug::text AS org_slug FROM {FROM} WHERE d.domain = %s"
+        f"SELECT o.slug::text AS org_slug FROM {FROM}"
+        " WHERE d.domain = %s AND d.verified_at IS NOT NULL"
         " ORDER BY d.removed_at DESC NULLS FIRST LIMIT 1",
         (domain.rstrip(".").lower(),),
     ).fetchone()
